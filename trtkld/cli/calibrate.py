@@ -1,0 +1,8 @@
+"""`trtkld calibrate` (being written)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    subparsers.add_parser("calibrate", help="(not yet available)")

@@ -1,0 +1,67 @@
+"""Entry point of the ``trtkld`` console script: dispatches to one module per sub-command."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from trtkld._version import __version__
+from trtkld.errors import TrtkldError
+
+# Each module registers its own sub-parser; the order here is the order shown in --help.
+COMMAND_MODULES = (
+    "trtkld.cli.calibrate",
+    "trtkld.cli.diff",
+    "trtkld.cli.qdq",
+    "trtkld.cli.eval",
+    "trtkld.cli.report",
+    "trtkld.cli.build",
+)
+
+
+class CLIError(TrtkldError):
+    """An error the user can fix; printed as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trtkld",
+        description=(
+            "Reproducible INT8 calibration for TensorRT: collect activation histograms, run a "
+            "selectable KL-divergence threshold search (ppq, nvidia, modelopt) or a baseline, "
+            "and write a TensorRT calibration cache or a Q/DQ ONNX model."
+        ),
+        epilog=(
+            "examples:\n"
+            "  trtkld calibrate --demo\n"
+            "  trtkld calibrate model.onnx --data calib_data/ --method ppq --out model.cache\n"
+            "  trtkld diff ours.cache tensorrt.cache\n"
+            "run 'trtkld COMMAND --help' for each command's options."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"trtkld {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="trtkld: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except TrtkldError as exc:
+        print(f"trtkld {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
