@@ -1,1 +1,1 @@
-"""Command-line tools. Each sub-command lives in its own module exposing ``register(subparsers)``."""
+"""Command-line tools: one module per sub-command, each exposing ``register(subparsers)``."""

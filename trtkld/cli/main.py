@@ -5,9 +5,11 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from trtkld._version import __version__
+from trtkld.cli.common import CLIError  # noqa: F401  (re-exported for sub-commands)
 from trtkld.errors import TrtkldError
 
 # Each module registers its own sub-parser; the order here is the order shown in --help.
@@ -19,10 +21,6 @@ COMMAND_MODULES = (
     "trtkld.cli.report",
     "trtkld.cli.build",
 )
-
-
-class CLIError(TrtkldError):
-    """An error the user can fix; printed as one line without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

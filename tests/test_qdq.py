@@ -1,0 +1,264 @@
+"""trtkld.qdq: Q/DQ ONNX written by ONNX Runtime's quantizer from our scales.
+
+Oracle for the small model: a plain numpy forward pass with fake quantization written from the
+ONNX QuantizeLinear/DequantizeLinear definitions (round half to even, saturate to [-127, 127]).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from trtkld.errors import ModelError
+from trtkld.qdq import range_for_scale, write_qdq_model
+from trtkld.qdq.scales import ort_symmetric_int8_scale
+
+RNG = np.random.default_rng(1234)
+W_CONV = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32) * np.array(
+    [1.0, 0.01, 5.0, 0.3], np.float32
+)[:, None, None, None]  # very different channel ranges: per-channel scales matter
+B_CONV = RNG.standard_normal(4).astype(np.float32)
+W_MM = RNG.standard_normal((4 * 6 * 6, 10)).astype(np.float32)
+W_GEMM = RNG.standard_normal((5, 10)).astype(np.float32)   # transB=1: [N, K]
+C_GEMM = RNG.standard_normal(5).astype(np.float32)
+
+
+def small_model(opset: int = 13) -> onnx.ModelProto:
+    """X[1,3,8,8] -Conv-> c -Relu-> r -Flatten-> f -MatMul-> m -Gemm(transB)-> Y[1,5]."""
+    nodes = [
+        helper.make_node("Conv", ["X", "W", "B"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten", axis=1),
+        helper.make_node("MatMul", ["f", "Wm"], ["m"], name="matmul"),
+        helper.make_node("Gemm", ["m", "Wg", "Cg"], ["Y"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 5])],
+        [
+            numpy_helper.from_array(W_CONV, "W"),
+            numpy_helper.from_array(B_CONV, "B"),
+            numpy_helper.from_array(W_MM, "Wm"),
+            numpy_helper.from_array(W_GEMM, "Wg"),
+            numpy_helper.from_array(C_GEMM, "Cg"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model
+
+
+def fq(x: np.ndarray, scale) -> np.ndarray:
+    """ONNX QuantizeLinear(int8, zp 0) then DequantizeLinear: round half to even, saturate to
+    [-128, 127] (the ONNX/TensorRT Q range; -128 is reached only below -127.5 * scale)."""
+    s = np.asarray(scale, np.float32)
+    return (np.clip(np.rint(x / s), -128, 127) * s).astype(np.float32)
+
+
+def per_channel_fq(w: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(w, axis, 0)
+    s = (np.abs(moved).reshape(moved.shape[0], -1).max(axis=1) / np.float32(127)).astype(np.float32)
+    out = np.stack([fq(moved[i], s[i]) for i in range(moved.shape[0])])
+    return np.moveaxis(out, 0, axis)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Valid 2-D convolution, stride 1, NCHW (plain loops over the kernel)."""
+    n, _, h, wd = x.shape
+    k = w.shape[2]
+    out = np.zeros((n, w.shape[0], h - k + 1, wd - k + 1), np.float64)
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, :, i:i + h - k + 1, j:j + wd - k + 1]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    return (out + b[None, :, None, None]).astype(np.float32)
+
+
+def float_forward(x: np.ndarray) -> dict[str, np.ndarray]:
+    c = conv2d(x, W_CONV, B_CONV)
+    r = np.maximum(c, 0)
+    f = r.reshape(1, -1)
+    m = f @ W_MM
+    y = m @ W_GEMM.T + C_GEMM
+    return {"X": x, "c": c, "r": r, "f": f, "m": m, "Y": y}
+
+
+def qdq_forward(x: np.ndarray, scales: dict[str, np.float32], skip=()) -> np.ndarray:
+    """Reference of the Q/DQ placement we promise: inputs of Conv/MatMul/Gemm (activation with the
+    given scale, weights per output channel), outputs and biases untouched."""
+    def a(name, v):
+        return v if name in skip else fq(v, scales[name])
+
+    c = conv2d(a("X", x), per_channel_fq(W_CONV, 0), B_CONV)
+    f = np.maximum(c, 0).reshape(1, -1)
+    m = a("f", f) @ per_channel_fq(W_MM, 1)
+    wg = per_channel_fq(W_GEMM, 0) if "m" not in skip else W_GEMM
+    return a("m", m) @ wg.T + C_GEMM
+
+
+def maxabs_scales(x: np.ndarray) -> dict[str, np.float32]:
+    acts = float_forward(x)
+    # 0.6 * max: clips some values so saturation is exercised too.
+    return {k: np.float32(np.abs(v).max() * 0.6 / 127) for k, v in acts.items()}
+
+
+def run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def q_nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {n.input[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+X = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+
+
+def test_small_model_matches_numpy_fake_quant_reference(tmp_path):
+    scales = maxabs_scales(X)
+    out = tmp_path / "q.onnx"
+    summary = write_qdq_model(small_model(), scales, out)
+    written = onnx.load(str(out))
+    onnx.checker.check_model(written, full_check=True)
+    # Placement: inputs of the three weighted ops; never their outputs, never Relu's.
+    assert set(q_nodes(written)) == {"X", "f", "m"}
+    assert set(summary.activations) == {"X", "f", "m"}
+    assert summary.left_float == {} and summary.excluded_nodes == {}
+    np.testing.assert_allclose(run(out, X), qdq_forward(X, scales), rtol=1e-5, atol=1e-5)
+    # Fake quantization really happened (the model is not the FP32 one).
+    assert np.abs(run(out, X) - float_forward(X)["Y"]).max() > 1e-4
+
+
+def test_activation_scales_are_the_cache_scales_bit_for_bit(tmp_path):
+    scales = maxabs_scales(X)
+    out = tmp_path / "q.onnx"
+    write_qdq_model(small_model(), scales, out)
+    written = onnx.load(str(out))
+    values = inits(written)
+    for tensor, node in q_nodes(written).items():
+        scale, zp = values[node.input[1]], values[node.input[2]]
+        assert scale.dtype == np.float32 and scale.shape == ()
+        assert scale.tobytes() == np.float32(scales[tensor]).tobytes(), tensor
+        assert zp.dtype == np.int8 and zp == 0
+
+
+def test_weights_are_per_channel_symmetric_by_max(tmp_path):
+    out = tmp_path / "q.onnx"
+    summary = write_qdq_model(small_model(), maxabs_scales(X), out)
+    written = onnx.load(str(out))
+    values = inits(written)
+    dq = {n.output[0]: n for n in written.graph.node if n.op_type == "DequantizeLinear"}
+    consumers = {n.name: n for n in written.graph.node}
+    for node_name, slot, original, axis in (("conv", 1, W_CONV, 0), ("matmul", 1, W_MM, 1),
+                                            ("gemm", 1, W_GEMM, 0)):
+        node = dq[consumers[node_name].input[slot]]
+        q, scale, zp = (values[i] for i in node.input)
+        assert q.dtype == np.int8 and np.all(zp == 0)
+        assert node.attribute[0].name == "axis" and node.attribute[0].i == axis
+        moved = np.moveaxis(original, axis, 0).reshape(original.shape[axis], -1)
+        expect = (np.abs(moved).max(axis=1) / np.float32(127)).astype(np.float32)
+        np.testing.assert_array_equal(scale, expect)
+        assert np.abs(q).max() == 127
+        assert summary.weights[node.input[0]] == original.shape[axis]
+    # Biases stay float (TensorRT fuses them; no INT32 DequantizeLinear).
+    assert values["B"].dtype == np.float32 and values["Cg"].dtype == np.float32
+
+
+def test_per_tensor_weights_when_asked(tmp_path):
+    out = tmp_path / "q.onnx"
+    write_qdq_model(small_model(), maxabs_scales(X), out, per_channel=False)
+    values = inits(onnx.load(str(out)))
+    assert all(v.shape == () for k, v in values.items() if k.endswith("_scale"))
+
+
+def test_missing_scale_leaves_tensor_float_with_warning(tmp_path, caplog):
+    scales = maxabs_scales(X)
+    del scales["m"]
+    out = tmp_path / "q.onnx"
+    with caplog.at_level(logging.WARNING, logger="trtkld.qdq.writer"):
+        summary = write_qdq_model(small_model(), scales, out)
+    assert "m" in caplog.text and "no scale" in caplog.text
+    assert summary.left_float == {"m": "no scale in the cache"}
+    assert "gemm" in summary.excluded_nodes
+    written = onnx.load(str(out))
+    assert set(q_nodes(written)) == {"X", "f"}
+    np.testing.assert_allclose(run(out, X), qdq_forward(X, scales, skip=("m",)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unusable_scales_are_left_float(tmp_path):
+    scales = maxabs_scales(X)
+    scales["f"] = np.float32(0.0)
+    scales["X"] = np.float32(np.nan)
+    summary = write_qdq_model(small_model(), scales, tmp_path / "q.onnx")
+    assert set(summary.left_float) == {"X", "f"}
+    assert set(summary.activations) == {"m"}
+
+
+def test_output_bytes_are_deterministic(tmp_path):
+    scales = maxabs_scales(X)
+    write_qdq_model(small_model(), scales, tmp_path / "a.onnx")
+    write_qdq_model(small_model(), scales, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_old_opset_is_converted_to_13(tmp_path):
+    old = small_model(opset=11)
+    src = tmp_path / "old.onnx"
+    onnx.save(old, str(src))
+    out = tmp_path / "q.onnx"
+    summary = write_qdq_model(src, maxabs_scales(X), out)
+    assert summary.converted_from_opset == 11
+    written = onnx.load(str(out))
+    assert [o.version for o in written.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    np.testing.assert_allclose(run(out, X), qdq_forward(X, maxabs_scales(X)), rtol=1e-5, atol=1e-5)
+
+
+def _scale_without_exact_range() -> np.float32:
+    """A scale for which no float32 range reproduces it through ORT (about 1 in 130 do)."""
+    for s in np.linspace(0.01, 0.02, 4001, dtype=np.float32):
+        if range_for_scale(s) is None:
+            return np.float32(s)
+    raise AssertionError("no such scale in the interval")
+
+
+def test_scales_without_exact_range_go_through_overrides(tmp_path):
+    scales = maxabs_scales(X)
+    scales["f"] = _scale_without_exact_range()
+    out = tmp_path / "q.onnx"
+    summary = write_qdq_model(small_model(), scales, out)
+    assert summary.scale_overrides == ["f"]
+    written = onnx.load(str(out))
+    scale = inits(written)[q_nodes(written)["f"].input[1]]
+    assert scale.tobytes() == scales["f"].tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinity=False))
+def test_range_for_scale_round_trips_through_ort(value):
+    s = np.float32(value)
+    amax = range_for_scale(s)
+    if amax is not None:
+        assert ort_symmetric_int8_scale(amax).tobytes() == s.tobytes()
+
+
+def test_already_quantized_model_and_missing_file_are_clear_errors(tmp_path):
+    out = tmp_path / "q.onnx"
+    write_qdq_model(small_model(), maxabs_scales(X), out)
+    with pytest.raises(ModelError, match="already contains QuantizeLinear"):
+        write_qdq_model(out, maxabs_scales(X), tmp_path / "again.onnx")
+    with pytest.raises(ModelError, match="not found"):
+        write_qdq_model(tmp_path / "nope.onnx", {}, tmp_path / "x.onnx")

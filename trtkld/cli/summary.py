@@ -1,0 +1,90 @@
+"""The per-tensor summary table printed at the end of `trtkld calibrate`."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Optional
+
+# Methods whose thresholds differ by more than this factor on a tensor are flagged: one of
+# them clips hard or wastes most of the INT8 range, and the tensor deserves a look.
+DISAGREEMENT_RATIO = 2.0
+
+
+def disagreement(amaxes: Mapping[str, float]) -> float:
+    """Largest over smallest threshold among methods (1.0 for a single method)."""
+    values = [v for v in amaxes.values() if v > 0 and math.isfinite(v)]
+    if len(values) < 2:
+        return 1.0
+    return max(values) / min(values)
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.4g}"
+
+
+def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optional[int] = 40) -> str:
+    """A text table, one row per tensor (the ``limit`` most interesting rows, or all with None).
+
+    Columns: name, absmax, then per method the chosen amax, scale, clipped % and KL, a flag
+    ``DISAGREE`` when the methods' thresholds differ by more than ``DISAGREEMENT_RATIO``, and a
+    note for NaN/Inf counts and fallbacks. Rows are ordered by disagreement, then clipped mass.
+    """
+    methods = list(outcomes)
+    rows = []
+    for name, hist in histograms.items():
+        results = {m: outcomes[m].results.get(name) for m in methods}
+        results = {m: r for m, r in results.items() if r is not None}
+        if not results:
+            continue
+        ratio = disagreement({m: r.amax for m, r in results.items()})
+        clipped = max(r.clipped_fraction for r in results.values())
+        notes = []
+        nonfinite = hist.num_nan + hist.num_posinf + hist.num_neginf
+        if nonfinite:
+            notes.append(f"{nonfinite} NaN/Inf")
+        fallbacks = {r.fallback for r in results.values() if r.fallback}
+        notes.extend(sorted(fallbacks))
+        chosen = {r.chosen_method for r in results.values() if getattr(r, "chosen_method", None)}
+        if chosen:
+            notes.append("auto->" + "/".join(sorted(chosen)))
+        flag = "DISAGREE" if ratio > DISAGREEMENT_RATIO else ""
+        rows.append((ratio, clipped, name, hist.absmax, results, flag, "; ".join(notes)))
+
+    shown = rows
+    if limit is not None and len(rows) > limit:
+        shown = sorted(rows, key=lambda r: (-r[0], -r[1], r[2]))[:limit]
+    header = ["tensor", "absmax"]
+    for m in methods:
+        header += [f"{m} amax", "scale", "clip%", "KL"]
+    header += ["flag", "note"]
+    table = [header]
+    for _ratio, _clipped, name, absmax, results, flag, note in shown:
+        row = [name if len(name) <= 48 else "…" + name[-47:], _fmt(absmax)]
+        for m in methods:
+            r = results.get(m)
+            if r is None:
+                row += ["-", "-", "-", "-"]
+            else:
+                row += [
+                    _fmt(r.amax),
+                    f"{float(r.scale):.4g}",
+                    f"{100 * r.clipped_fraction:.3f}",
+                    _fmt(r.kl),
+                ]
+        row += [flag, note]
+        table.append(row)
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    flagged = sum(1 for r in rows if r[5])
+    footer = f"{len(rows)} tensors"
+    if len(shown) < len(rows):
+        footer += f" ({len(shown)} shown: most disagreeing / clipped first; --table full shows all)"
+    if len(methods) > 1:
+        footer += f"; {flagged} where methods disagree by more than {DISAGREEMENT_RATIO:g}x"
+    lines.append(footer)
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Two-worker thread pool for filling several tensors at once.
+
+The numba kernels release the GIL (``nogil=True``), so two Python threads keep both cores busy.
+Work is described as a list of independent pure tasks; results come back in task order, so the
+caller folds them in a fixed order and the outcome never depends on scheduling.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+NUM_WORKERS = 2
+# A tensor with at least this many elements is split in two halves so that a single large
+# pending tensor still uses both cores.
+SPLIT_MIN_ELEMENTS = 1 << 22
+# Below this many elements in total, thread hand-off costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _get_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(NUM_WORKERS, thread_name_prefix="trtkld-hist")
+        return _executor
+
+
+def split_parts(x: np.ndarray) -> list[np.ndarray]:
+    """``x`` as one array, or as two halves of its flattened data when it is large."""
+    if x.size < SPLIT_MIN_ELEMENTS:
+        return [x]
+    flat = x.ravel(order="K")
+    half = flat.size // 2
+    return [flat[:half], flat[half:]]
+
+
+def run_tasks(tasks: Sequence[Callable[[], T]], sizes: Sequence[int]) -> list[T]:
+    """Run ``tasks`` (biggest ``sizes`` first, on 2 threads when worthwhile); results in order.
+
+    If any task raises, the exception of the first failing task in task order is raised after
+    all tasks finished.
+    """
+    if len(tasks) < 2 or sum(sizes) < PARALLEL_MIN_ELEMENTS:
+        return [t() for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda i: -sizes[i])  # largest first: better balance
+    pool = _get_executor()
+    futures = {i: pool.submit(tasks[i]) for i in order}
+    errors = {i: f.exception() for i, f in futures.items()}
+    for i in range(len(tasks)):
+        if errors[i] is not None:
+            raise errors[i]
+    return [futures[i].result() for i in range(len(tasks))]

@@ -1,0 +1,235 @@
+"""Calibration pipeline: data -> collect -> histogram -> search -> cache.
+
+This module only wires the stages together; each stage's rules live in its own sub-package.
+Histograms are gathered in two passes, as PPQ does: pass 1 finds every tensor's absmax over the
+whole calibration set, pass 2 fills fixed-range |x| histograms. When pass 1's activations fit
+``memory_budget_bytes`` they are kept and pass 2 reads them instead of running the model again;
+the histograms are identical either way (integer counts over the same values).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from trtkld.cache import CalibrationCache
+from trtkld.collect import OnnxRuntimeCollector
+from trtkld.data import CalibrationData
+from trtkld.errors import SearchError
+from trtkld.histogram import AbsmaxTracker, HistogramSet
+from trtkld.search import DEFAULT_BINS, SearchResult, available_methods, run_search
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of pass-1 activations kept to skip the second model pass
+
+
+@dataclass
+class CalibrationOutcome:
+    """One method's thresholds for every tensor, and the cache they make."""
+
+    method: str
+    results: dict[str, SearchResult]
+    cache: CalibrationCache
+
+
+def _progress(iterable, *, total: Optional[int], desc: str, quiet: bool, unit: str = "batch"):
+    if quiet:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
+def bins_for_methods(methods: Sequence[str]) -> int:
+    """Histogram bin count that serves every method in ``methods`` exactly.
+
+    Histograms are collected once at the largest bin count and rebinned by summing adjacent
+    bins, which is exact only for power-of-two factors.
+    """
+    unknown = [m for m in methods if m not in DEFAULT_BINS]
+    if unknown:
+        raise SearchError(
+            f"unknown method(s) {unknown}; choose from {', '.join(available_methods())}"
+        )
+    counts = sorted({DEFAULT_BINS[m] for m in methods})
+    largest = counts[-1]
+    for count in counts:
+        ratio = largest // count
+        if largest % count or ratio & (ratio - 1):
+            raise SearchError(
+                f"methods {list(methods)} need bin counts {counts}, which are not power-of-two "
+                "multiples of each other; calibrate them separately"
+            )
+    return largest
+
+
+def collect_histograms(
+    model: PathLike,
+    data: CalibrationData,
+    *,
+    num_bins: int,
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    quiet: bool = False,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    collector: Optional[OnnxRuntimeCollector] = None,
+) -> HistogramSet:
+    """Two-pass |x| histograms of every float activation of ``model`` over ``data``.
+
+    Returns a :class:`HistogramSet` in model tensor order, each with ``num_bins`` bins over
+    ``[0, absmax]``. NaN/Inf values are counted per tensor, never binned.
+    """
+    collector = collector or OnnxRuntimeCollector(model, include=include, exclude=exclude)
+    tracker = AbsmaxTracker(collector.tensor_names)
+    kept: Optional[list[dict[str, np.ndarray]]] = []
+    kept_bytes = 0
+    for batch in _progress(data, total=len(data), desc="pass 1/2 (absmax)", quiet=quiet):
+        activations = collector.run(batch)
+        tracker.update_many(activations)
+        if kept is not None:
+            kept_bytes += sum(v.nbytes for v in activations.values())
+            if kept_bytes <= memory_budget_bytes:
+                kept.append(activations)
+            else:
+                logger.info(
+                    "activations exceed the %.1f GiB memory budget: running the model again for "
+                    "pass 2", memory_budget_bytes / 2**30
+                )
+                kept = None
+
+    # Tensors whose type was unknown until the first run may have been dropped as non-float.
+    names = [n for n in collector.tensor_names if n in tracker]
+    hists = HistogramSet.from_absmax({n: tracker[n] for n in names}, num_bins)
+    if kept is not None:
+        batches = kept
+        total = len(kept)
+    else:
+        batches = (collector.run(batch) for batch in data)
+        total = len(data)
+    for activations in _progress(batches, total=total, desc="pass 2/2 (histograms)", quiet=quiet):
+        hists.update_many({n: activations[n] for n in names})
+    for name in names:
+        hist = hists[name]
+        nonfinite = hist.num_nan + hist.num_posinf + hist.num_neginf
+        if nonfinite:
+            logger.warning(
+                "tensor %r: %d NaN, %d +Inf, %d -Inf values were left out of its histogram",
+                name, hist.num_nan, hist.num_posinf, hist.num_neginf,
+            )
+    return hists
+
+
+def _compile_overrides(overrides: Optional[Mapping[str, str]]) -> list[tuple[re.Pattern, str]]:
+    compiled = []
+    for pattern, method in (overrides or {}).items():
+        if method not in DEFAULT_BINS:
+            raise SearchError(
+                f"per-tensor method override {pattern!r}={method!r}: unknown method; choose "
+                f"from {', '.join(available_methods())}"
+            )
+        try:
+            compiled.append((re.compile(pattern), method))
+        except re.error as exc:
+            raise SearchError(f"per-tensor method override {pattern!r}: bad regex: {exc}") from exc
+    return compiled
+
+
+def method_for_tensor(
+    name: str, method: str, overrides: Sequence[tuple[re.Pattern, str]]
+) -> str:
+    """The method ``name`` is searched with: the first matching override, else ``method``."""
+    for pattern, override in overrides:
+        if name == pattern.pattern or pattern.fullmatch(name):
+            return override
+    return method
+
+
+def search_histograms(
+    hists: HistogramSet,
+    method: str,
+    *,
+    method_overrides: Optional[Mapping[str, str]] = None,
+    method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+) -> dict[str, SearchResult]:
+    """Run ``method`` (or a per-tensor override) on every histogram, in ``hists`` order.
+
+    ``method_options`` maps a method name to keyword options for it, e.g.
+    ``{"percentile": {"percentile": 99.9}}``. Histograms with more bins than the method's
+    default are rebinned exactly first.
+    """
+    overrides = _compile_overrides(method_overrides)
+    results: dict[str, SearchResult] = {}
+    for name, hist in hists.items():
+        chosen = method_for_tensor(name, method, overrides)
+        wanted = DEFAULT_BINS[chosen]
+        if hist.num_bins > wanted and hist.num_bins % wanted == 0:
+            hist = hist.rebin(wanted)
+        try:
+            results[name] = run_search(
+                chosen,
+                hist.counts,
+                bin_width=hist.bin_width,
+                hist_max=hist.hist_max,
+                **dict((method_options or {}).get(chosen, {})),
+            )
+        except SearchError as exc:
+            raise SearchError(f"tensor {name!r}: {exc}") from exc
+    return results
+
+
+def results_to_cache(
+    results: Mapping[str, SearchResult],
+    *,
+    trt_version: str,
+    algorithm: str = "EntropyCalibration2",
+) -> CalibrationCache:
+    """A TensorRT calibration cache holding each result's scale, in ``results`` order."""
+    return CalibrationCache.from_trt_version(
+        trt_version, algorithm, {name: np.float32(r.scale) for name, r in results.items()}
+    )
+
+
+def calibrate(
+    model: PathLike,
+    data: CalibrationData,
+    methods: Sequence[str],
+    *,
+    trt_version: str,
+    algorithm: str = "EntropyCalibration2",
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    method_overrides: Optional[Mapping[str, str]] = None,
+    quiet: bool = False,
+    histograms: Optional[HistogramSet] = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+) -> tuple[HistogramSet, dict[str, CalibrationOutcome]]:
+    """Collect histograms once (unless given) and search them with every method in ``methods``."""
+    override_methods = list((method_overrides or {}).values())
+    num_bins = bins_for_methods(list(methods) + override_methods)
+    if histograms is None:
+        histograms = collect_histograms(
+            model,
+            data,
+            num_bins=num_bins,
+            include=include,
+            exclude=exclude,
+            quiet=quiet,
+            memory_budget_bytes=memory_budget_bytes,
+        )
+    outcomes: dict[str, CalibrationOutcome] = {}
+    for method in methods:
+        results = search_histograms(
+            histograms, method, method_overrides=method_overrides, method_options=method_options
+        )
+        cache = results_to_cache(results, trt_version=trt_version, algorithm=algorithm)
+        outcomes[method] = CalibrationOutcome(method=method, results=results, cache=cache)
+    return histograms, outcomes

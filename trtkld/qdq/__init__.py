@@ -1,0 +1,24 @@
+"""Q/DQ ONNX models from calibration scales (the TensorRT 10+/11 explicit-quantization path)."""
+from __future__ import annotations
+
+from trtkld.qdq.scales import INT8_SYMMETRIC_MAX, is_usable_scale, range_for_scale
+from trtkld.qdq.writer import (
+    DEFAULT_OP_TYPES,
+    MIN_OPSET,
+    QdqSummary,
+    plan_quantization,
+    prepare_model,
+    write_qdq_model,
+)
+
+__all__ = [
+    "DEFAULT_OP_TYPES",
+    "INT8_SYMMETRIC_MAX",
+    "MIN_OPSET",
+    "QdqSummary",
+    "is_usable_scale",
+    "plan_quantization",
+    "prepare_model",
+    "range_for_scale",
+    "write_qdq_model",
+]
