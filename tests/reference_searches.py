@@ -176,3 +176,54 @@ def ref_sqnr_db(counts, bin_width: float, amax: float, scale: float) -> float:
     if noise == 0:
         return math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+# ---------------------------------------------------------------- seeded test histograms
+FAMILIES = ("half-normal", "laplace", "relu-spike", "heavy-tail", "sparse")
+
+
+def bin_abs(x: np.ndarray, num_bins: int) -> tuple[np.ndarray, float]:
+    """|x| histogram by the project's binning rule; returns (int64 counts, R)."""
+    ax = np.abs(np.asarray(x, dtype=np.float64))
+    r = float(ax.max())
+    if r == 0.0:
+        return np.zeros(num_bins, dtype=np.int64), 0.0
+    idx = np.minimum((ax * (float(num_bins) / r)).astype(np.int64), num_bins - 1)
+    return np.bincount(idx, minlength=num_bins).astype(np.int64), r
+
+
+def random_histogram(rng: np.random.Generator, family: str, num_bins: int
+                     ) -> tuple[np.ndarray, float]:
+    """One histogram of the given family: (int64 counts (num_bins,), R)."""
+    n = int(rng.integers(20, 40_000))
+    if family == "half-normal":
+        x = rng.normal(0.0, rng.uniform(0.01, 10.0), n)
+    elif family == "laplace":
+        x = rng.laplace(0.0, rng.uniform(0.01, 10.0), n)
+    elif family == "relu-spike":
+        x = np.maximum(rng.normal(rng.uniform(-1.0, 0.5), 1.0, n), 0.0)
+        if not x.any():
+            x[0] = 1.0
+    elif family == "heavy-tail":
+        x = rng.standard_t(rng.uniform(1.2, 4.0), n)
+        k = int(rng.integers(1, 6))
+        x[:k] *= rng.uniform(20.0, 200.0, k)          # a few far outliers
+    elif family == "sparse":
+        k = int(rng.integers(1, 40))                   # a handful of distinct values
+        values = rng.uniform(0.0, 5.0, k)
+        x = values[rng.integers(0, k, n)]
+    else:
+        raise ValueError(family)
+    counts, r = bin_abs(x, num_bins)
+    if rng.random() < 0.15:                            # huge counts: > 2**24 per bin
+        counts = counts * int(rng.integers(2**20, 2**26))
+    return counts, r
+
+
+def random_histograms(count: int, num_bins: int, seed: int):
+    """``count`` seeded histograms cycling through FAMILIES: yields (family, counts, R)."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        family = FAMILIES[k % len(FAMILIES)]
+        counts, r = random_histogram(rng, family, num_bins)
+        yield family, counts, r

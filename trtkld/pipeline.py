@@ -20,7 +20,7 @@ import numpy as np
 from trtkld.cache import CalibrationCache
 from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import CalibrationData
-from trtkld.errors import SearchError
+from trtkld.errors import HistogramError, SearchError
 from trtkld.histogram import AbsmaxTracker, HistogramSet
 from trtkld.search import DEFAULT_BINS, SearchResult, available_methods, run_search
 
@@ -80,14 +80,34 @@ def collect_histograms(
     exclude: Optional[Sequence[str]] = None,
     quiet: bool = False,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    hist_max: Optional[Mapping[str, float]] = None,
     collector: Optional[OnnxRuntimeCollector] = None,
 ) -> HistogramSet:
     """Two-pass |x| histograms of every float activation of ``model`` over ``data``.
 
     Returns a :class:`HistogramSet` in model tensor order, each with ``num_bins`` bins over
     ``[0, absmax]``. NaN/Inf values are counted per tensor, never binned.
+
+    ``hist_max`` fixes each tensor's range instead of pass 1 (one model pass only); values above
+    it land in the last bin. It lets shards of a data set, collected on several machines with the
+    same ranges, be merged exactly (:meth:`HistogramSet.merge`).
     """
     collector = collector or OnnxRuntimeCollector(model, include=include, exclude=exclude)
+    if hist_max is not None:
+        missing = [n for n in collector.tensor_names if n not in hist_max]
+        if missing:
+            raise HistogramError(
+                f"the given ranges lack {len(missing)} tensor(s) of the model, e.g. "
+                f"{missing[:3]}; collect them from the same model and tensor selection"
+            )
+        hists = HistogramSet.from_absmax(
+            {n: float(hist_max[n]) for n in collector.tensor_names}, num_bins
+        )
+        for batch in _progress(data, total=len(data), desc="histograms", quiet=quiet):
+            hists.update_many(collector.run(batch))
+        _warn_nonfinite(hists)
+        return hists
+
     tracker = AbsmaxTracker(collector.tensor_names)
     kept: Optional[list[dict[str, np.ndarray]]] = []
     kept_bytes = 0
@@ -99,10 +119,11 @@ def collect_histograms(
             if kept_bytes <= memory_budget_bytes:
                 kept.append(activations)
             else:
-                logger.info(
-                    "activations exceed the %.1f GiB memory budget: running the model again for "
-                    "pass 2", memory_budget_bytes / 2**30
-                )
+                if memory_budget_bytes > 0:
+                    logger.info(
+                        "activations exceed the %.2f GiB memory budget: running the model "
+                        "again for pass 2", memory_budget_bytes / 2**30,
+                    )
                 kept = None
 
     # Tensors whose type was unknown until the first run may have been dropped as non-float.
@@ -116,15 +137,21 @@ def collect_histograms(
         total = len(data)
     for activations in _progress(batches, total=total, desc="pass 2/2 (histograms)", quiet=quiet):
         hists.update_many({n: activations[n] for n in names})
-    for name in names:
-        hist = hists[name]
-        nonfinite = hist.num_nan + hist.num_posinf + hist.num_neginf
-        if nonfinite:
+    _warn_nonfinite(hists)
+    return hists
+
+
+def _warn_nonfinite(hists: HistogramSet) -> None:
+    for name, hist in hists.items():
+        if hist.num_nan + hist.num_posinf + hist.num_neginf:
             logger.warning(
                 "tensor %r: %d NaN, %d +Inf, %d -Inf values were left out of its histogram",
                 name, hist.num_nan, hist.num_posinf, hist.num_neginf,
             )
-    return hists
+        elif hist.hist_max == 0:
+            logger.warning(
+                "tensor %r: every value is zero; its scale is the all-zero fallback", name
+            )
 
 
 def _compile_overrides(overrides: Optional[Mapping[str, str]]) -> list[tuple[re.Pattern, str]]:
@@ -211,6 +238,7 @@ def calibrate(
     histograms: Optional[HistogramSet] = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+    hist_max: Optional[Mapping[str, float]] = None,
 ) -> tuple[HistogramSet, dict[str, CalibrationOutcome]]:
     """Collect histograms once (unless given) and search them with every method in ``methods``."""
     override_methods = list((method_overrides or {}).values())
@@ -224,6 +252,7 @@ def calibrate(
             exclude=exclude,
             quiet=quiet,
             memory_budget_bytes=memory_budget_bytes,
+            hist_max=hist_max,
         )
     outcomes: dict[str, CalibrationOutcome] = {}
     for method in methods:

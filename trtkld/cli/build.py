@@ -1,8 +1,187 @@
-"""`trtkld build` (being written)."""
+"""`trtkld build`: ONNX model -> INT8 TensorRT engine, calibrated with trtkld's thresholds."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from trtkld.cli.common import CLIError, add_data_arguments, open_model_data
+from trtkld.errors import TrtkldError
+
+logger = logging.getLogger("trtkld.build")
+
+BASE_CLASSES = {
+    "entropy2": "IInt8EntropyCalibrator2",
+    "entropy": "IInt8EntropyCalibrator",
+    "minmax": "IInt8MinMaxCalibrator",
+}
+
+EXAMPLES = """\
+examples:
+  # calibrate with PPQ's search on calib_data/ and build model.plan (cache: model.cache)
+  trtkld build model.onnx --data calib_data/ --method ppq --cache model.cache --engine model.plan
+
+  # rebuild from the cache written above: it is reused when TensorRT's version, the
+  # algorithm and the method all match (model.cache.trtkld.json records the method)
+  trtkld build model.onnx --cache model.cache --engine model.plan
+
+  # histograms from a TensorRT FP32 engine on the GPU (TensorRT's tensor names)
+  trtkld build model.onnx --data imgs/ --collector tensorrt
+
+  # TensorRT's own calibration for comparison: its cache goes to model.tensorrt.cache
+  trtkld build model.onnx --data imgs/ --method tensorrt --engine model.trt-builtin.plan
+  trtkld diff model.cache model.tensorrt.cache
+
+needs TensorRT 8.6 - 10.x and pycuda (NVIDIA's TensorRT container + pip install trtkld[tensorrt]).
+TensorRT 11 has no calibrators: use `trtkld qdq` there.
+"""
+
+
+class TensorRTBuildError(TrtkldError, RuntimeError):
+    """TensorRT did not produce an engine."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    subparsers.add_parser("build", help="(not yet available)")
+    from trtkld.search import available_methods
+
+    parser = subparsers.add_parser(
+        "build",
+        help="build an INT8 TensorRT engine with trtkld's calibrator",
+        description=(
+            "Parse MODEL with TensorRT's ONNX parser, set INT8 with trtkld's KLDCalibrator and "
+            "build the engine. The calibrator hands TensorRT our cache (reused, or made from "
+            "fresh histograms and the chosen search), so TensorRT skips its own entropy "
+            "search. Lists the network tensors the cache has no scale for: TensorRT runs "
+            "their layers in higher precision."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", help="ONNX model file (omit with --demo)")
+    parser.add_argument(
+        "--demo", action="store_true", help="the bundled demo model on calib_data/"
+    )
+    parser.add_argument("--cache", help="calibration cache (default: MODEL.cache)")
+    parser.add_argument("--engine", help="serialized engine to write (default: MODEL.plan)")
+    parser.add_argument(
+        "--method",
+        "-m",
+        default="ppq",
+        choices=list(available_methods()) + ["tensorrt"],
+        help="threshold search; 'tensorrt' runs TensorRT's built-in calibration and keeps its "
+        "cache in MODEL.tensorrt.cache for `trtkld diff` (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--collector",
+        choices=["onnxruntime", "tensorrt"],
+        default="onnxruntime",
+        help="histograms from ONNX Runtime on CPU, or from a TensorRT FP32 engine with the "
+        "|x| histograms accumulated on the GPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibrator",
+        choices=sorted(BASE_CLASSES),
+        default="entropy2",
+        help="TensorRT calibrator base class; sets the cache header algorithm "
+        "(default: %(default)s = IInt8EntropyCalibrator2)",
+    )
+    parser.add_argument("--fp16", action="store_true", help="also allow FP16 kernels")
+    parser.add_argument(
+        "--workspace-mb", type=int, help="builder workspace limit in MiB (default: TensorRT's)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="regenerate the cache even if it could be reused"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_data_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _static_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    from trtkld.data import input_specs_from_onnx
+
+    shapes = {}
+    for spec in input_specs_from_onnx(model):
+        if not all(isinstance(d, int) for d in spec.shape):
+            raise CLIError(
+                f"input {spec.name!r} of {model} has runtime dimensions {spec.shape_str()}: "
+                f"give --data so the calibration shape can be taken from the first batch"
+            )
+        shapes[spec.name] = tuple(spec.shape)
+    return shapes
+
+
+def run(args: argparse.Namespace) -> int:
+    from trtkld.trt import _backend
+
+    trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
+    if args.demo or args.data or args.data_loader:
+        model, data = open_model_data(args)
+    else:
+        if not args.model:
+            raise CLIError("MODEL is required (or --demo)")
+        model, data = args.model, None
+        if not os.path.isfile(model):
+            raise CLIError(f"model file {model!r} does not exist")
+    stem = os.path.splitext(model)[0] if not args.demo else "demo"
+    cache = Path(args.cache or f"{stem}.cache")
+    engine = Path(args.engine or f"{stem}.plan")
+    if engine.resolve() == cache.resolve():
+        raise CLIError(f"--engine and --cache are the same file: {engine}")
+
+    from trtkld.cache import parse_cache
+    from trtkld.trt.cachemeta import atomic_write_bytes
+    from trtkld.trt.calibrator import KLDCalibrator
+
+    base = getattr(trt, BASE_CLASSES[args.calibrator])
+    with KLDCalibrator(
+        data, args.method, cache, model, base_class=base, collector=args.collector,
+        force=args.force, quiet=args.quiet,
+    ) as calib:
+        if args.method != "tensorrt":
+            calib.prepare()  # outside TensorRT's callback: errors surface directly
+        shapes = calib.calibration_shapes() if data is not None else _static_shapes(model)
+        plan, tensor_names = _backend.build_int8_engine(
+            model, calib, calibration_shapes=shapes, fp16=args.fp16,
+            workspace_bytes=args.workspace_mb * 2**20 if args.workspace_mb else None,
+        )
+        calib.check()
+        if plan is None:
+            raise TensorRTBuildError(
+                f"TensorRT did not build an engine for {model} (see the TensorRT errors above)"
+            )
+        atomic_write_bytes(engine, plan)
+        used = calib.tensorrt_cache_file if args.method == "tensorrt" else cache
+        status = calib.cache_status or "TensorRT's own calibration"
+    scales = parse_cache(used).scales if used.is_file() else {}
+    print(_report(model, engine, used, status, calib.regeneration_reason, tensor_names, scales))
+    return 0
+
+
+def _report(
+    model: str,
+    engine: Path,
+    cache: Path,
+    status: str,
+    reason: Optional[str],
+    tensor_names: list[str],
+    scales: dict,
+    limit: int = 40,
+) -> str:
+    lines = [f"engine: {engine} ({engine.stat().st_size} bytes) from {model}"]
+    why = f" ({reason})" if reason and status == "generated" else ""
+    lines.append(f"calibration cache: {cache}, {status}{why}, {len(scales)} scales")
+    missing = [n for n in tensor_names if n not in scales]
+    if missing:
+        lines.append(
+            f"{len(missing)} of {len(tensor_names)} float network tensors have no scale "
+            f"(TensorRT runs their layers in higher precision):"
+        )
+        lines += [f"  {n}" for n in missing[:limit]]
+        if len(missing) > limit:
+            lines.append(f"  ... and {len(missing) - limit} more")
+    else:
+        lines.append(f"every one of the {len(tensor_names)} float network tensors has a scale")
+    return "\n".join(lines)

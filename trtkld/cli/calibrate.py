@@ -86,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="search saved histograms instead of running the model (several files are merged)",
     )
     parser.add_argument(
+        "--ranges-from",
+        metavar="NPZ",
+        nargs="+",
+        help="take each tensor's histogram range from saved histograms (the largest over the "
+        "files) instead of a first pass; shards collected with the same ranges merge exactly",
+    )
+    parser.add_argument(
         "--include",
         action="append",
         metavar="REGEX",
@@ -160,16 +167,21 @@ def run(args: argparse.Namespace) -> int:
 
     histograms = None
     data = None
-    model: Optional[str] = None
+    model: Optional[str] = args.model
+    outputs = _output_paths(args, methods, model)
     if args.from_histograms:
         histograms = HistogramSet.load(args.from_histograms[0])
         for extra in args.from_histograms[1:]:
             histograms = histograms.merge(HistogramSet.load(extra))
-        model = args.model
     else:
         model, data = open_model_data(args)
-    outputs = _output_paths(args, methods, model)
 
+    hist_max = None
+    if args.ranges_from:
+        hist_max = {}
+        for path in args.ranges_from:
+            for name, hist in HistogramSet.load(path).items():
+                hist_max[name] = max(hist_max.get(name, 0.0), hist.hist_max)
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
     )
@@ -187,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         histograms=histograms,
         memory_budget_bytes=budget,
         method_options=method_options,
+        hist_max=hist_max,
     )
     if args.save_histograms:
         histograms.save(args.save_histograms)

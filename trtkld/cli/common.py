@@ -99,7 +99,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _size(text: str):
     if text.lower() in ("none", "off"):
-        return None
+        return "none"  # an explicit "no resize/crop", unlike None which means "auto"
     try:
         parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
     except ValueError as exc:
@@ -153,11 +153,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", help="input dtype (default: the model input's)")
 
 
-def preprocess_from_args(args: argparse.Namespace, default_preset: Optional[str] = None):
-    """PreprocessOptions from the command line (None when nothing was given)."""
+def preprocess_from_args(args: argparse.Namespace, defaults: Optional[dict] = None):
+    """PreprocessOptions from the command line (None when nothing was given).
+
+    ``defaults`` (e.g. a model's own preprocessing: ``{"preset": "imagenet", ...}``) apply
+    where the command line is silent.
+    """
     from trtkld.data import PreprocessOptions
 
-    overrides = {}
+    defaults = dict(defaults or {})
+    default_preset = defaults.pop("preset", None)
+    overrides = dict(defaults)
     for field in ("resize", "crop", "scale", "mean", "std", "channel_order", "layout", "dtype"):
         value = getattr(args, field, None)
         if value is not None:
@@ -174,14 +180,14 @@ def open_model_data(args: argparse.Namespace):
     """(model path, CalibrationData) from ``args.model`` / ``--demo`` and the data options."""
     from trtkld.data import input_specs_from_onnx, open_data
 
-    default_preset = None
+    defaults = None
     if getattr(args, "demo", False):
         from trtkld import demo
 
         if args.model:
             raise CLIError("give either MODEL or --demo, not both")
         model = str(demo.demo_model_path())
-        default_preset = demo.DEMO_PRESET
+        defaults = demo.DEMO_PREPROCESS
         source = args.data or args.data_loader or str(demo.DEMO_CALIB_DIR)
     else:
         if not args.model:
@@ -199,7 +205,7 @@ def open_model_data(args: argparse.Namespace):
         source,
         specs,
         batch_size=args.batch_size,
-        preprocess=preprocess_from_args(args, default_preset),
+        preprocess=preprocess_from_args(args, defaults),
         last_batch=args.last_batch,
     )
     return model, data

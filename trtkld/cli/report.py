@@ -134,12 +134,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         preset = args.preset
         if args.demo:
-            from trtkld.demo import DEMO_CALIB_DIR, demo_model_path
+            from trtkld.demo import DEMO_CALIB_DIR, DEMO_PRESET, demo_model_path
 
             source, data_source = Path(demo_model_path()), str(DEMO_CALIB_DIR)
             if args.data:
                 data_source = args.data
-            preset = preset or "imagenet"
+            preset = preset or DEMO_PRESET
             if args.out is None:
                 # The demo model lives in the installed package; write next to the user.
                 args.out = "demo.report"

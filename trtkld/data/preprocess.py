@@ -57,7 +57,8 @@ class PreprocessOptions:
     """How image files become model input tensors. ``"auto"``/``None`` fields are resolved
     against the model input by :meth:`resolve`.
 
-    resize: ``"auto"``, short side ``N`` (int), exact ``(H, W)``, or ``None`` (no resize).
+    resize: ``"auto"``, short side ``N`` (int), exact ``(H, W)``, or ``None`` (no resize;
+        the strings ``"none"``/``"off"`` mean the same, for command lines).
         Auto: ``round(crop_short * 256 / 224)`` when cropping, else the model's fixed (H, W)
         when there is no crop, else no resize (dynamic H/W: native image size).
     crop: ``"auto"`` (the model's fixed (H, W), none if dynamic), ``N`` (square), ``(H, W)``,
@@ -275,8 +276,17 @@ def _detect_layout(spec: InputSpec, layout: str) -> tuple[str, int]:
     return layout, channels
 
 
+def _off(value) -> SizeOpt:
+    """"none"/"off" (as a command line gives them) mean None: no resize / no crop."""
+    if isinstance(value, str) and value.lower() in ("none", "off"):
+        return None
+    return value
+
+
 def _resolve(opts: PreprocessOptions, spec: InputSpec) -> ImagePipeline:
     name = spec.name
+    opts = PreprocessOptions(**{**opts.__dict__, "resize": _off(opts.resize),
+                                "crop": _off(opts.crop)})
     if spec.rank != 4:
         raise DataError(
             f"input {name!r} {spec.shape_str()}: images need a rank-4 input (NCHW or NHWC), "

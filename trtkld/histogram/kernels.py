@@ -98,8 +98,15 @@ def _scatter(idx, m, sub, counts, use_sub):  # pragma: no cover - numba
 
 
 # --------------------------------------------------------------------------- public kernels
-_HIST_SIG_32 = types.UniTuple(int64, 2)(float32[::1], int32[::1], float64, int64[::1])
-_HIST_SIG_64 = types.UniTuple(int64, 2)(float64[::1], int64[::1], float64, int64[::1])
+# Inputs are typed read-only: writable arrays convert to that type, and read-only ones (np.load
+# mmap, np.frombuffer, ...) then need no second specialisation. One signature per dtype keeps
+# cold compilation (once per installation, then numba's on-disk cache) to a few seconds.
+_F32 = types.Array(float32, 1, "C", readonly=True)
+_F64 = types.Array(float64, 1, "C", readonly=True)
+_I32 = types.Array(int32, 1, "C", readonly=True)
+_I64 = types.Array(int64, 1, "C", readonly=True)
+_HIST_SIG_32 = types.UniTuple(int64, 2)(_F32, _I32, float64, int64[::1])
+_HIST_SIG_64 = types.UniTuple(int64, 2)(_F64, _I64, float64, int64[::1])
 
 
 @njit([_HIST_SIG_32], nogil=True, cache=True)
@@ -149,7 +156,7 @@ def hist_minmax_64(x, xi, inv_width, counts):  # pragma: no cover - numba
     return mm[0], mm[1]
 
 
-@njit([types.UniTuple(int64, 3)(int32[::1])], nogil=True, cache=True)
+@njit([types.UniTuple(int64, 3)(_I32)], nogil=True, cache=True)
 def minmax_32(xi):  # pragma: no cover - numba
     """Pass-1 kernel: (kmin, kmax, num_nonfinite) over float32 bits ``xi`` (N,) int32."""
     kmin = np.int32(0x7FFFFFFF)
@@ -165,7 +172,7 @@ def minmax_32(xi):  # pragma: no cover - numba
     return np.int64(kmin), np.int64(kmax), np.int64(nbad)
 
 
-@njit([types.UniTuple(int64, 3)(int64[::1])], nogil=True, cache=True)
+@njit([types.UniTuple(int64, 3)(_I64)], nogil=True, cache=True)
 def minmax_64(xi):  # pragma: no cover - numba
     """float64 twin of :func:`minmax_32` (xi: (N,) int64 bits)."""
     kmin = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -182,7 +189,7 @@ def minmax_64(xi):  # pragma: no cover - numba
 
 
 @njit(
-    [types.UniTuple(int64, 3)(float32[::1]), types.UniTuple(int64, 3)(float64[::1])],
+    [types.UniTuple(int64, 3)(_F32), types.UniTuple(int64, 3)(_F64)],
     nogil=True,
     cache=True,
 )

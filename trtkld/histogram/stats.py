@@ -1,12 +1,16 @@
 """Per-tensor running statistics: finite min/max/absmax and NaN/+Inf/-Inf counts (pass 1)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trtkld.errors import HistogramError
-from trtkld.histogram.kernels import RawScan, scan
+
+if TYPE_CHECKING:
+    from trtkld.histogram.kernels import RawScan
 
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,6 +23,19 @@ def as_float_array(x: object, what: str) -> np.ndarray:
             f"{what}: expected a float16/float32/float64 array, found dtype {arr.dtype}"
         )
     return arr
+
+
+def _total_min(a: float, b: float) -> float:
+    # -0.0 < +0.0, as in the kernels' bit-key order, so merging is order-independent bit for bit
+    if a == b:
+        return a if math.copysign(1.0, a) < 0 else b
+    return a if a < b else b
+
+
+def _total_max(a: float, b: float) -> float:
+    if a == b:
+        return b if math.copysign(1.0, a) < 0 else a
+    return a if a > b else b
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,7 @@ class TensorStats:
         elif self.num_finite == 0:
             lo, hi = other.min, other.max
         else:
-            lo, hi = min(self.min, other.min), max(self.max, other.max)
+            lo, hi = _total_min(self.min, other.min), _total_max(self.max, other.max)
         return TensorStats(
             min=lo,
             max=hi,
@@ -82,5 +99,7 @@ def tensor_stats(x: np.ndarray, *, name: str = "array") -> TensorStats:
 
     One fused numba pass over the raw bits (pass 1 of calibration). ``name`` only labels errors.
     """
+    from trtkld.histogram.kernels import scan  # numba: imported on first use, not at import
+
     arr = as_float_array(x, f"tensor {name!r}")
     return TensorStats.from_scan(scan(arr, 0, None))

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trtkld.errors import HistogramError
-from trtkld.histogram.kernels import RawScan, scan
 from trtkld.histogram.stats import TensorStats, as_float_array
+
+if TYPE_CHECKING:
+    from trtkld.histogram.kernels import RawScan
 
 
 def check_bins(num_bins: object, what: str) -> int:
@@ -29,7 +32,8 @@ def inverse_width(num_bins: int, hist_max: object, what: str) -> float | None:
         raise HistogramError(f"{what}: hist_max must be finite and >= 0, found {r!r}")
     if r == 0.0:
         return None
-    inv = float(np.float64(num_bins) / np.float64(r))
+    with np.errstate(over="ignore"):  # overflow is reported below
+        inv = float(np.float64(num_bins) / np.float64(r))
     if not math.isfinite(inv):
         raise HistogramError(
             f"{what}: hist_max {r!r} is too small for {num_bins} bins (bin width underflows)"
@@ -39,6 +43,10 @@ def inverse_width(num_bins: int, hist_max: object, what: str) -> float | None:
 
 def _scan_checked(x: np.ndarray, num_bins: int, hist_max: float, what: str) -> RawScan:
     """Histogram + statistics of ``x``; with hist_max == 0 every finite value must be 0."""
+    # numba (and kernel compilation or cache loading) only when data is first binned, so that
+    # loading and searching saved histograms starts fast
+    from trtkld.histogram.kernels import scan
+
     inv = inverse_width(num_bins, hist_max, what)
     raw = scan(x, num_bins, inv)
     if inv is None:

@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-# Threshold of candidate c in bin widths, per KL search (docs/kld-spec.md): ppq T = r * w,
-# nvidia (m + 0.5) * w, modelopt i * w. Used to put every curve on one activation-unit axis.
+# The KL searches, and the threshold of candidate c in bin widths (docs/kld-spec.md): ppq
+# T = r * w, nvidia (m + 0.5) * w, modelopt i * w. Puts every curve on one activation-unit axis.
 CANDIDATE_OFFSETS = {"ppq": 0.0, "nvidia": 0.5, "modelopt": 0.0}
 
 # A 4096-bin histogram drawn at 72 dpi has several bins per pixel; summing adjacent bins keeps
@@ -74,8 +74,8 @@ class TensorPlotData:
 
     ``edges``: (N+1,) display-bin edges in activation units; ``counts``: (N,) int64 counts per
     display bin (adjacent source bins summed, total unchanged); both empty when the tensor had no
-    non-zero finite value. ``thresholds`` in method order; ``curves`` only for searches that
-    returned candidates.
+    non-zero finite value. ``thresholds`` in method order; ``curves`` only for the KL
+    searches (:data:`CANDIDATE_OFFSETS`) that returned candidates.
     """
 
     name: str
@@ -112,6 +112,11 @@ def display_histogram(
 def _kl_curve(
     method: str, result: Any, hist_max: float, *, force_indices: bool = False
 ) -> Optional[KLCurve]:
+    # `auto` reports the search it delegated to; its candidates are that search's.
+    base = getattr(result, "chosen_method", None) or method
+    if base not in CANDIDATE_OFFSETS:
+        # Only KL objectives share the plot; mse's squared error is another quantity.
+        return None
     candidates = getattr(result, "candidates", None)
     divergences = getattr(result, "divergences", None)
     if candidates is None or divergences is None or len(candidates) == 0:
@@ -121,14 +126,12 @@ def _kl_curve(
     if cand.shape != y.shape:
         return None
     y[~np.isfinite(y)] = np.nan
-    # `auto` reports the search it delegated to; its candidates are that search's.
-    base = getattr(result, "chosen_method", None) or method
-    offset = CANDIDATE_OFFSETS.get(base)
+    offset = CANDIDATE_OFFSETS[base]
     chosen_index = float(result.index)
     hits = np.flatnonzero(cand == chosen_index)
     chosen_y = float(y[hits[0]]) if hits.size else float(result.kl)
     fallback = getattr(result, "fallback", None)
-    if not force_indices and offset is not None and fallback is None and chosen_index + offset > 0:
+    if not force_indices and fallback is None and chosen_index + offset > 0:
         # The winner's threshold pins the bin width the search ran at (searches may rebin).
         width = float(result.amax) / (chosen_index + offset)
         x = (cand + offset) * width

@@ -18,7 +18,11 @@ division), so level ``k`` starts at the integer ``ceil(k * i / 128)``: no roundi
 ``h log h`` terms are rounded to a power-of-two grid fine enough that all their prefix sums
 are exact; a level's sum then depends on its contents only, so candidates whose P and Q are
 identical get bit-identical KL (ties resolve by the first/last-minimum rule, as in a direct
-loop). The sum over levels runs left to right (cumsum) for the same reason.
+loop). The sum over levels runs left to right for the same reason.
+
+All candidates share one dense table indexed by (level start, level width): a candidate's
+levels are gathered from it, so the whole search costs O(B * B/128) table entries plus
+O(C * 128) gathers.
 """
 from __future__ import annotations
 
@@ -33,12 +37,12 @@ LEVELS = 128
 
 
 @lru_cache(maxsize=8)
-def _layout(first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Level geometry of candidates ``first..last`` (depends on the bin count only).
+def _layout(first: int, last: int) -> tuple[np.ndarray, int]:
+    """Level geometry of candidates ``first..last`` (depends on the bin counts only).
 
-    Returns ``(starts, widths, flat, max_width)``: ``starts``/``widths`` int64
-    ``(LEVELS, C)`` (level-major, so sums over levels run left to right), ``flat`` the index
-    of each ``(start, width)`` pair in a dense ``(last + 1, max_width)`` table.
+    Returns ``(flat, max_width)``: ``flat`` int64 ``(LEVELS, C)`` (level-major, so sums over
+    levels run left to right) is the index of each level's ``(start, width)`` pair in a dense
+    ``(B + 1, max_width)`` table, row = start, column = width - 1.
     """
     cand = np.arange(first, last + 1, dtype=np.int64)
     bounds = level_starts(cand).T                 # (LEVELS + 1, C)
@@ -46,9 +50,8 @@ def _layout(first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     widths = bounds[1:] - bounds[:-1]
     max_width = int(widths.max()) if widths.size else 1
     flat = starts * max_width + (widths - 1)
-    for arr in (starts, widths, flat):
-        arr.setflags(write=False)
-    return starts, widths, flat, max_width
+    flat.setflags(write=False)
+    return flat, max_width
 
 
 def level_starts(candidates: np.ndarray, levels: int = LEVELS) -> np.ndarray:
@@ -73,7 +76,7 @@ def kl_divergences(h: np.ndarray, first: int, last: int) -> np.ndarray:
     total = int(h.sum())
     if total == 0 or cand.size == 0:
         return kl
-    starts, widths, flat, max_width = _layout(first, last)
+    flat, max_width = _layout(first, last)
     b = h.size
     hf = h.astype(np.float64)
     cum_h = np.concatenate(([0], np.cumsum(h)))
@@ -111,15 +114,14 @@ def kl_divergences(h: np.ndarray, first: int, last: int) -> np.ndarray:
     if fix.size:
         last_flat = flat[-1, fix]
         s_last = sf.ravel()[last_flat]
-        common = log_n.ravel()[last_flat] + (np.log(km_all := kept[fix].astype(np.float64))
-                                             - log_total)
+        log_kept = np.log(kept[fix].astype(np.float64))
+        common = log_n.ravel()[last_flat] + (log_kept - log_total)
         hl_f = hl[fix].astype(np.float64)
         folded = hl_f + tail[fix]
         log_s_last = np.log(s_last)
         new = folded / total * ((np.log(folded) - log_s_last) + common)
         old = hl_f / total * ((np.log(hl_f) - log_s_last) + common)
         kl[fix] = kl[fix] + (new - old)
-        del km_all
     return kl
 
 

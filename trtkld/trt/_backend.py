@@ -334,7 +334,9 @@ def network_tensor_names(network: Any, *, float_only: bool = True) -> list[str]:
 def _calibration_profile(
     trt: Any, builder: Any, network: Any, shapes: Mapping[str, Sequence[int]]
 ) -> Optional[Any]:
-    """A profile with min=opt=max=``shapes`` when any input has a runtime dimension."""
+    """A profile when any input has a runtime dimension: opt = max = ``shapes`` (the
+    calibration shape the calibrator's buffers hold), min = the same with a runtime batch
+    axis at 1, so the engine also runs smaller batches."""
     inputs = network_input_shapes(network)
     if all(d >= 0 for shape in inputs.values() for d in shape):
         return None
@@ -353,7 +355,8 @@ def _calibration_profile(
                 f"input {name!r}: calibration shape {list(shape)} does not fit the network "
                 f"shape {list(net_shape)}"
             )
-        profile.set_shape(name, shape, shape, shape)
+        low = ((1,) + shape[1:]) if shape and net_shape[0] < 0 else shape
+        profile.set_shape(name, low, shape, shape)
     return profile
 
 

@@ -75,7 +75,7 @@ class DeviceBackend(abc.ABC):
         """Accumulate min/max/absmax and NaN/Inf counts of ``count`` float32 values at ``ptr``
         into ``stats_handle`` (``kernels.STATS_LEN`` uint64, layout in :mod:`.kernels`)."""
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op for host memory
         """Wait for all queued copies and launches."""
 
     @property
@@ -83,7 +83,7 @@ class DeviceBackend(abc.ABC):
         """CUDA stream TensorRT should enqueue on (0: the default stream)."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for host memory
         """Release backend-wide resources (streams, contexts). Idempotent."""
 
 

@@ -33,6 +33,7 @@ from trtkld.trt.device import DeviceBackend, InputBuffers
 log = logging.getLogger("trtkld.trt")
 
 Shape = tuple[int, ...]
+Profile = Mapping[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
 
 
 class EngineRunner(Protocol):
@@ -41,13 +42,15 @@ class EngineRunner(Protocol):
     input_names: list[str]
     output_names: list[str]  # float32 outputs, network order
 
-    def run(self, ptrs: Mapping[str, int], shapes: Mapping[str, Shape]) -> dict[str, tuple[int, int]]:
+    def run(
+        self, ptrs: Mapping[str, int], shapes: Mapping[str, Shape]
+    ) -> dict[str, tuple[int, int]]:
         """Run inputs already on the device; ``{output: (device ptr, element count)}``."""
 
     def close(self) -> None: ...
 
 
-RunnerFactory = Callable[[str, Mapping[str, tuple[Shape, Shape, Shape]], DeviceBackend], EngineRunner]
+RunnerFactory = Callable[[str, Profile, DeviceBackend], EngineRunner]
 
 
 def decode_stats(raw: np.ndarray) -> TensorStats:
@@ -83,7 +86,7 @@ def _selected(names: Sequence[str], include, exclude) -> list[str]:
     return [n for n in out if not exclude or not matches(n, exclude)]
 
 
-def _profile_from_batch(batch_inputs: Mapping[str, np.ndarray]) -> dict[str, tuple[Shape, Shape, Shape]]:
+def _profile_from_batch(batch_inputs: Mapping[str, np.ndarray]) -> Profile:
     """min = batch 1, opt = max = the first batch's shape (batches are never larger)."""
     prof = {}
     for name, arr in batch_inputs.items():

@@ -1,0 +1,59 @@
+"""Fidelity of Q/DQ INT8 models against FP32 in ONNX Runtime, ORT peers, DESTRUCTIVE marks."""
+from __future__ import annotations
+
+from trtkld.evaluate.destructive import (
+    DEFAULT_FLOOR_DB,
+    DEFAULT_MARGIN_DB,
+    explain,
+    find_destructive,
+    worst_tensors,
+)
+from trtkld.evaluate.metrics import (
+    OutputAccumulator,
+    TensorAccumulator,
+    fake_quantize,
+    per_sample_cosine,
+    sqnr_db,
+)
+from trtkld.evaluate.peers import DEFAULT_PEERS, PEERS, PeerSpec, peer_scales, symmetric_scale
+from trtkld.evaluate.runner import (
+    Candidate,
+    EvalReport,
+    MethodEval,
+    evaluate,
+    evaluate_candidates,
+    mark_destructive,
+    peer_candidates,
+    trtkld_candidates,
+)
+from trtkld.evaluate.table import JSON_SCHEMA, format_table, report_to_json, write_json
+
+__all__ = [
+    "DEFAULT_FLOOR_DB",
+    "DEFAULT_MARGIN_DB",
+    "DEFAULT_PEERS",
+    "JSON_SCHEMA",
+    "PEERS",
+    "Candidate",
+    "EvalReport",
+    "MethodEval",
+    "OutputAccumulator",
+    "PeerSpec",
+    "TensorAccumulator",
+    "evaluate",
+    "evaluate_candidates",
+    "explain",
+    "fake_quantize",
+    "find_destructive",
+    "format_table",
+    "mark_destructive",
+    "peer_candidates",
+    "peer_scales",
+    "per_sample_cosine",
+    "report_to_json",
+    "sqnr_db",
+    "symmetric_scale",
+    "trtkld_candidates",
+    "worst_tensors",
+    "write_json",
+]

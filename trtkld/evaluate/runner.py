@@ -1,0 +1,391 @@
+"""`trtkld eval`: INT8 fidelity of each method's Q/DQ model against FP32, in ONNX Runtime.
+
+One run:
+1. collect histograms once on the calibration data and search them with every trtkld method;
+2. run ONNX Runtime's calibrators (the peers) on the same calibration data;
+3. write one Q/DQ model per method/peer with the same :func:`write_qdq_model` (same placement,
+   same weight quantization: only the activation thresholds differ);
+4. run FP32 and every Q/DQ model on the evaluation data (never used for calibration) and
+   accumulate output SQNR, cosine similarity, top-1 agreement, and the per-tensor SQNR of the
+   FP32 activations fake-quantized with each method's scales;
+5. mark methods whose output SQNR collapsed as DESTRUCTIVE and explain which tensors lost most.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from trtkld.data import Batch, CalibrationData
+from trtkld.errors import ModelError
+from trtkld.evaluate.destructive import (
+    DEFAULT_FLOOR_DB,
+    DEFAULT_MARGIN_DB,
+    explain,
+    find_destructive,
+    worst_tensors,
+)
+from trtkld.evaluate.metrics import OutputAccumulator, TensorAccumulator
+from trtkld.evaluate.peers import DEFAULT_MEMORY_BUDGET, PEERS, peer_scales, resolve_peers
+from trtkld.qdq import DEFAULT_OP_TYPES, prepare_model, write_qdq_model
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+PADDING_SUFFIX = " (padding)"  # trtkld.data marks rows that only fill a fixed batch this way
+
+
+@dataclass
+class Candidate:
+    """One threshold set to evaluate: a trtkld method or an ORT peer."""
+
+    name: str
+    kind: str                              # "trtkld" | "peer"
+    scales: dict[str, np.float32]
+    description: str = ""
+    calib_clipped: dict[str, float] = field(default_factory=dict)  # histogram clipped share
+
+
+@dataclass
+class MethodEval:
+    """Fidelity of one method's Q/DQ model against FP32 on the evaluation data.
+
+    ``output_sqnr_db`` and ``cosine`` are the worst over the model outputs (per output values in
+    ``outputs``); ``top1_agreement`` is that of the first classifier output (None if none).
+    """
+
+    name: str
+    kind: str
+    description: str
+    output_sqnr_db: float
+    cosine: float
+    top1_agreement: Optional[float]
+    outputs: dict[str, dict[str, Any]]
+    tensor_sqnr_db: dict[str, float]
+    tensor_clipped: dict[str, float]
+    scales: dict[str, float]
+    quantized_tensors: int
+    left_float: dict[str, str]
+    destructive_reason: Optional[str] = None
+    explanation: Optional[str] = None
+
+    @property
+    def destructive(self) -> bool:
+        return self.destructive_reason is not None
+
+    @property
+    def mean_tensor_sqnr_db(self) -> float:
+        vals = [v for v in self.tensor_sqnr_db.values() if math.isfinite(v)]
+        return float(np.mean(vals)) if vals else math.nan
+
+    @property
+    def min_tensor_sqnr_db(self) -> float:
+        vals = [v for v in self.tensor_sqnr_db.values() if not math.isnan(v)]
+        return float(min(vals)) if vals else math.nan
+
+
+@dataclass
+class EvalReport:
+    model: str
+    calib_data: str
+    eval_data: str
+    num_calib_samples: int
+    num_eval_samples: int
+    trt_version: str
+    op_types: tuple[str, ...]
+    per_channel: bool
+    floor_db: float
+    margin_db: float
+    methods: list[MethodEval]
+
+    @property
+    def best(self) -> Optional[MethodEval]:
+        valid = [m for m in self.methods if not math.isnan(m.output_sqnr_db)]
+        return max(valid, key=lambda m: m.output_sqnr_db) if valid else None
+
+    def destructive_trtkld_methods(self) -> list[str]:
+        return [m.name for m in self.methods if m.kind == "trtkld" and m.destructive]
+
+
+def _progress(iterable, *, total: Optional[int], desc: str, quiet: bool, unit: str = "batch"):
+    if quiet:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
+class _Feeds:
+    """Re-iterable ``{input: array}`` view of calibration data (for ORT's calibrators)."""
+
+    def __init__(self, data: CalibrationData):
+        self._data = data
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for batch in self._data:
+            yield _real_rows(batch)[0]
+
+
+def _real_rows(batch: Batch) -> tuple[dict[str, np.ndarray], Optional[np.ndarray]]:
+    """Inputs without padding rows, and the row index kept (None when nothing was padded)."""
+    keep = [i for i, s in enumerate(batch.sources) if not s.endswith(PADDING_SUFFIX)]
+    if len(keep) == len(batch.sources):
+        return batch.inputs, None
+    rows = np.asarray(keep)
+    return {k: v[rows] for k, v in batch.inputs.items()}, rows
+
+
+def _session(path: PathLike, *, optimize: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Q/DQ models: basic optimisations only (constant folding etc.), no QDQ->QLinear fusions,
+    # so ORT simulates the quantization exactly as the Q/DQ nodes define it.
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
+def trtkld_candidates(
+    model: PathLike,
+    calib_data: CalibrationData,
+    methods: Sequence[str],
+    *,
+    trt_version: str,
+    method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+    quiet: bool = False,
+) -> list[Candidate]:
+    """Collect histograms once and search them with every method."""
+    from trtkld.pipeline import calibrate
+
+    if not methods:
+        return []
+    _, outcomes = calibrate(
+        model, calib_data, list(methods), trt_version=trt_version, quiet=quiet,
+        method_options=method_options,
+    )
+    out = []
+    for method, outcome in outcomes.items():
+        out.append(Candidate(
+            name=method,
+            kind="trtkld",
+            scales={n: np.float32(s) for n, s in outcome.cache.scales.items()},
+            description=f"trtkld {method}",
+            calib_clipped={n: float(r.clipped_fraction) for n, r in outcome.results.items()},
+        ))
+    return out
+
+
+def peer_candidates(
+    model: PathLike,
+    calib_data: CalibrationData,
+    peers: Sequence[str],
+    *,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    quiet: bool = False,
+) -> list[Candidate]:
+    """Run each ORT calibrator on the calibration data."""
+    specs = resolve_peers(peers)
+    if not specs:
+        return []
+    prepared, _ = prepare_model(model)
+    feeds = _Feeds(calib_data)
+    out = []
+    for spec in _progress(specs, total=len(specs), desc="ORT calibrators", quiet=quiet,
+                          unit="peer"):
+        scales = peer_scales(prepared, feeds, spec, op_types=op_types,
+                             memory_budget=memory_budget, quiet=True)
+        out.append(Candidate(spec.name, "peer", scales, spec.description))
+    return out
+
+
+def evaluate_candidates(
+    model: PathLike,
+    candidates: Sequence[Candidate],
+    eval_data: CalibrationData,
+    *,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    per_channel: bool = True,
+    floor_db: float = DEFAULT_FLOOR_DB,
+    margin_db: float = DEFAULT_MARGIN_DB,
+    models_dir: Optional[PathLike] = None,
+    top_tensors: int = 3,
+    quiet: bool = False,
+) -> tuple[list[MethodEval], int]:
+    """Write each candidate's Q/DQ model and measure it against FP32 on ``eval_data``.
+
+    Returns (one MethodEval per candidate in order, number of evaluation samples).
+    """
+    from trtkld.collect import OnnxRuntimeCollector
+
+    if not candidates:
+        raise ModelError("nothing to evaluate: no method and no peer selected")
+    with tempfile.TemporaryDirectory(prefix="trtkld-eval-") as tmp:
+        folder = Path(models_dir) if models_dir else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        summaries, sessions = {}, {}
+        for cand in candidates:
+            path = folder / f"{_safe(cand.name)}.int8.onnx"
+            summaries[cand.name] = write_qdq_model(
+                model, cand.scales, path, op_types=op_types, per_channel=per_channel
+            )
+            sessions[cand.name] = _session(path, optimize=True)
+        quantized = sorted({t for s in summaries.values() for t in s.activations})
+        fp32 = _session(model, optimize=False)
+        output_names = [o.name for o in fp32.get_outputs()]
+        collector = OnnxRuntimeCollector(model, include=[re.escape(n) for n in quantized]) \
+            if quantized else None
+
+        out_acc = {c.name: {o: OutputAccumulator(o) for o in output_names} for c in candidates}
+        ten_acc = {
+            c.name: TensorAccumulator({t: summaries[c.name].activations[t]
+                                       for t in summaries[c.name].activations})
+            for c in candidates
+        }
+        samples = 0
+        for batch in _progress(eval_data, total=len(eval_data), desc="eval", quiet=quiet):
+            feeds, rows = _real_rows(batch)
+            n = next(iter(feeds.values())).shape[0]
+            samples += n
+            ref = dict(zip(output_names, fp32.run(output_names, feeds)))
+            acts = collector.run(Batch(feeds, tuple(batch.sources))) if collector else {}
+            for cand in candidates:
+                got = dict(zip(output_names, sessions[cand.name].run(output_names, feeds)))
+                for o in output_names:
+                    out_acc[cand.name][o].update(ref[o], got[o])
+                for t, x in acts.items():
+                    ten_acc[cand.name].update(t, x)
+            del acts
+        del sessions
+    results = [
+        _method_eval(c, summaries[c.name], out_acc[c.name], ten_acc[c.name]) for c in candidates
+    ]
+    mark_destructive(results, floor_db=floor_db, margin_db=margin_db, top_tensors=top_tensors,
+                     calib_clipped={c.name: c.calib_clipped for c in candidates})
+    return results, samples
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _method_eval(cand: Candidate, summary, outs: Mapping[str, OutputAccumulator],
+                 tens: TensorAccumulator) -> MethodEval:
+    per_output = {
+        o: {"sqnr_db": acc.sqnr_db, "cosine": acc.cosine, "top1_agreement": acc.top1_agreement,
+            "nonfinite_values": acc.nonfinite}
+        for o, acc in outs.items()
+    }
+    sqnrs = [v["sqnr_db"] for v in per_output.values()]
+    cosines = [v["cosine"] for v in per_output.values()]
+    top1 = next((v["top1_agreement"] for v in per_output.values()
+                 if v["top1_agreement"] is not None), None)
+    return MethodEval(
+        name=cand.name,
+        kind=cand.kind,
+        description=cand.description,
+        output_sqnr_db=_worst(sqnrs),
+        cosine=_worst(cosines),
+        top1_agreement=top1,
+        outputs=per_output,
+        tensor_sqnr_db=tens.sqnr(),
+        tensor_clipped=tens.clipped_fraction(),
+        scales={t: float(s) for t, s in summary.activations.items()},
+        quantized_tensors=len(summary.activations),
+        left_float=dict(summary.left_float),
+    )
+
+
+def _worst(values: Sequence[float]) -> float:
+    if any(math.isnan(v) for v in values) or not values:
+        return math.nan
+    return min(values)
+
+
+def mark_destructive(
+    results: Sequence[MethodEval],
+    *,
+    floor_db: float = DEFAULT_FLOOR_DB,
+    margin_db: float = DEFAULT_MARGIN_DB,
+    top_tensors: int = 3,
+    calib_clipped: Optional[Mapping[str, Mapping[str, float]]] = None,
+) -> None:
+    """Set ``destructive_reason`` and ``explanation`` on each collapsed method (in place)."""
+    verdicts = find_destructive(
+        {r.name: r.output_sqnr_db for r in results}, floor_db=floor_db, margin_db=margin_db
+    )
+    valid = [r for r in results if not math.isnan(r.output_sqnr_db)]
+    best = max(valid, key=lambda r: r.output_sqnr_db) if valid else None
+    for r in results:
+        if r.name not in verdicts:
+            continue
+        reference = best.tensor_sqnr_db if best is not None and best is not r else None
+        rows = worst_tensors(r.tensor_sqnr_db, r.tensor_clipped,
+                             reference_sqnr_db=reference, count=top_tensors)
+        notes = []
+        for name, *_ in rows:
+            share = (calib_clipped or {}).get(r.name, {}).get(name)
+            if share is not None and share > 0:
+                notes.append(f"{name}: threshold clips {100 * share:.3g}% of the calibration mass")
+        r.destructive_reason = verdicts[r.name]
+        r.explanation = explain(r.name, verdicts[r.name], rows, notes)
+
+
+def evaluate(
+    model: PathLike,
+    calib_data: CalibrationData,
+    eval_data: CalibrationData,
+    methods: Sequence[str],
+    peers: Sequence[str] = tuple(PEERS),
+    *,
+    trt_version: str,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    per_channel: bool = True,
+    floor_db: float = DEFAULT_FLOOR_DB,
+    margin_db: float = DEFAULT_MARGIN_DB,
+    method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+    peer_memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    models_dir: Optional[PathLike] = None,
+    top_tensors: int = 3,
+    quiet: bool = False,
+    calib_description: str = "",
+    eval_description: str = "",
+) -> EvalReport:
+    """Calibrate with every method and peer, and measure each INT8 model against FP32."""
+    candidates = trtkld_candidates(model, calib_data, methods, trt_version=trt_version,
+                                   method_options=method_options, quiet=quiet)
+    candidates += peer_candidates(model, calib_data, peers, op_types=op_types,
+                                  memory_budget=peer_memory_budget, quiet=quiet)
+    results, samples = evaluate_candidates(
+        model, candidates, eval_data, op_types=op_types, per_channel=per_channel,
+        floor_db=floor_db, margin_db=margin_db, models_dir=models_dir,
+        top_tensors=top_tensors, quiet=quiet,
+    )
+    return EvalReport(
+        model=str(model),
+        calib_data=calib_description,
+        eval_data=eval_description,
+        num_calib_samples=int(getattr(calib_data, "num_samples", 0)),
+        num_eval_samples=samples,
+        trt_version=trt_version,
+        op_types=tuple(op_types),
+        per_channel=per_channel,
+        floor_db=floor_db,
+        margin_db=margin_db,
+        methods=results,
+    )
