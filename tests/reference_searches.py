@@ -66,7 +66,7 @@ def ref_kl_candidate(h: list[int], i: int) -> float:
     """Natural-log KL(P||Q) for keeping bins 0..i-1 (GTC 2017 / ModelOpt rules)."""
     p = [float(x) for x in h[:i]]
     p[i - 1] += float(sum(h[i:]))
-    level = np.digitize(np.arange(i), np.linspace(0, i, QB + 1)) - 1
+    level = (np.digitize(np.arange(i), np.linspace(0, i, QB + 1)) - 1).tolist()
     level_sum = [0.0] * QB
     level_nonzero = [0] * QB
     for j in range(i):

@@ -26,6 +26,7 @@ from trtkld.trt.calibrator import CalibrationError, KLDCalibrator, calibrator_cl
 from trtkld.trt.device import HostBufferBackend
 
 TRT_VERSION = "10.9.0.34"
+ALGO = CalibrationAlgoType
 
 
 @pytest.fixture
@@ -105,9 +106,9 @@ def test_default_base_is_entropy2_and_its_init_runs(fake_trt, data, model, tmp_p
 @pytest.mark.parametrize(
     "base_name, algorithm, algo",
     [
-        ("IInt8EntropyCalibrator2", "EntropyCalibration2", CalibrationAlgoType.ENTROPY_CALIBRATION_2),
-        ("IInt8EntropyCalibrator", "EntropyCalibration", CalibrationAlgoType.ENTROPY_CALIBRATION),
-        ("IInt8MinMaxCalibrator", "MinMaxCalibration", CalibrationAlgoType.MINMAX_CALIBRATION),
+        ("IInt8EntropyCalibrator2", "EntropyCalibration2", ALGO.ENTROPY_CALIBRATION_2),
+        ("IInt8EntropyCalibrator", "EntropyCalibration", ALGO.ENTROPY_CALIBRATION),
+        ("IInt8MinMaxCalibrator", "MinMaxCalibration", ALGO.MINMAX_CALIBRATION),
     ],
 )
 def test_base_class_sets_algorithm_and_cache_header(

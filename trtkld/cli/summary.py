@@ -10,9 +10,16 @@ from typing import Optional
 DISAGREEMENT_RATIO = 2.0
 
 
+# ``max`` always keeps the whole range, so it is left out of the disagreement measure: it would
+# flag every tensor with a long tail.
+_NOT_COMPARED = {"max"}
+
+
 def disagreement(amaxes: Mapping[str, float]) -> float:
-    """Largest over smallest threshold among methods (1.0 for a single method)."""
-    values = [v for v in amaxes.values() if v > 0 and math.isfinite(v)]
+    """Largest over smallest threshold among the searching methods (1.0 for fewer than two)."""
+    values = [
+        v for m, v in amaxes.items() if m not in _NOT_COMPARED and v > 0 and math.isfinite(v)
+    ]
     if len(values) < 2:
         return 1.0
     return max(values) / min(values)
@@ -29,9 +36,10 @@ def _fmt(value: float) -> str:
 def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optional[int] = 40) -> str:
     """A text table, one row per tensor (the ``limit`` most interesting rows, or all with None).
 
-    Columns: name, absmax, then per method the chosen amax, scale, clipped % and KL, a flag
-    ``DISAGREE`` when the methods' thresholds differ by more than ``DISAGREEMENT_RATIO``, and a
-    note for NaN/Inf counts and fallbacks. Rows are ordered by disagreement, then clipped mass.
+    Columns: name, absmax, then the first method's chosen amax, scale, clipped % and KL, the
+    other methods' amax, a flag ``DISAGREE`` when the searching methods' thresholds differ by
+    more than ``DISAGREEMENT_RATIO``, and a note for NaN/Inf counts, fallbacks and ``auto``'s
+    pick. When rows are limited, the most disagreeing (then most clipped) tensors are shown.
     """
     methods = list(outcomes)
     rows = []
@@ -58,23 +66,23 @@ def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optiona
     if limit is not None and len(rows) > limit:
         shown = sorted(rows, key=lambda r: (-r[0], -r[1], r[2]))[:limit]
     header = ["tensor", "absmax"]
-    for m in methods:
-        header += [f"{m} amax", "scale", "clip%", "KL"]
+    first, others = methods[0], methods[1:]
+    header += [f"{first} amax", "scale", "clip%", "KL"] + [f"{m} amax" for m in others]
     header += ["flag", "note"]
     table = [header]
     for _ratio, _clipped, name, absmax, results, flag, note in shown:
         row = [name if len(name) <= 48 else "…" + name[-47:], _fmt(absmax)]
-        for m in methods:
-            r = results.get(m)
-            if r is None:
-                row += ["-", "-", "-", "-"]
-            else:
-                row += [
-                    _fmt(r.amax),
-                    f"{float(r.scale):.4g}",
-                    f"{100 * r.clipped_fraction:.3f}",
-                    _fmt(r.kl),
-                ]
+        r = results.get(first)
+        if r is None:
+            row += ["-", "-", "-", "-"]
+        else:
+            row += [
+                _fmt(r.amax),
+                f"{float(r.scale):.4g}",
+                f"{100 * r.clipped_fraction:.3f}",
+                _fmt(r.kl),
+            ]
+        row += [_fmt(results[m].amax) if m in results else "-" for m in others]
         row += [flag, note]
         table.append(row)
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]

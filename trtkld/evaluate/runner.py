@@ -35,7 +35,12 @@ from trtkld.evaluate.destructive import (
 )
 from trtkld.evaluate.metrics import OutputAccumulator, TensorAccumulator
 from trtkld.evaluate.peers import DEFAULT_MEMORY_BUDGET, PEERS, peer_scales, resolve_peers
-from trtkld.qdq import DEFAULT_OP_TYPES, prepare_model, write_qdq_model
+from trtkld.qdq import (
+    DEFAULT_OP_TYPES,
+    prepare_model,
+    quantizable_activations,
+    write_qdq_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ class Candidate:
     kind: str                              # "trtkld" | "peer"
     scales: dict[str, np.float32]
     description: str = ""
-    calib_clipped: dict[str, float] = field(default_factory=dict)  # histogram clipped share
+    guard_notes: dict[str, list[str]] = field(default_factory=dict)  # tensor -> guard findings
 
 
 @dataclass
@@ -166,26 +171,39 @@ def trtkld_candidates(
     methods: Sequence[str],
     *,
     trt_version: str,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
     method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
     quiet: bool = False,
 ) -> list[Candidate]:
-    """Collect histograms once and search them with every method."""
+    """Collect histograms once (only of the tensors the Q/DQ model quantizes) and search them
+    with every method; guard findings (trtkld.search) are kept to explain collapses."""
     from trtkld.pipeline import calibrate
+    from trtkld.search import guard_findings
 
     if not methods:
         return []
-    _, outcomes = calibrate(
+    include = [re.escape(n) for n in quantizable_activations(model, op_types)]
+    if not include:
+        raise ModelError(f"model {model}: no input of {', '.join(op_types)} to calibrate")
+    hists, outcomes = calibrate(
         model, calib_data, list(methods), trt_version=trt_version, quiet=quiet,
-        method_options=method_options,
+        method_options=method_options, include=include,
     )
     out = []
     for method, outcome in outcomes.items():
+        notes: dict[str, list[str]] = {}
+        for name, result in outcome.results.items():
+            hist = hists[name]
+            if hist.hist_max > 0:
+                found = guard_findings(hist.counts, hist.bin_width, result, name=name)
+                if found:
+                    notes[name] = [f.message for f in found]
         out.append(Candidate(
             name=method,
             kind="trtkld",
             scales={n: np.float32(s) for n, s in outcome.cache.scales.items()},
             description=f"trtkld {method}",
-            calib_clipped={n: float(r.clipped_fraction) for n, r in outcome.results.items()},
+            guard_notes=notes,
         ))
     return out
 
@@ -242,9 +260,11 @@ def evaluate_candidates(
         for cand in candidates:
             path = folder / f"{_safe(cand.name)}.int8.onnx"
             summaries[cand.name] = write_qdq_model(
-                model, cand.scales, path, op_types=op_types, per_channel=per_channel
+                model, cand.scales, path, op_types=op_types, per_channel=per_channel,
+                warn_left_float=False,
             )
             sessions[cand.name] = _session(path, optimize=True)
+        _warn_left_float(summaries)
         quantized = sorted({t for s in summaries.values() for t in s.activations})
         fp32 = _session(model, optimize=False)
         output_names = [o.name for o in fp32.get_outputs()]
@@ -276,8 +296,20 @@ def evaluate_candidates(
         _method_eval(c, summaries[c.name], out_acc[c.name], ten_acc[c.name]) for c in candidates
     ]
     mark_destructive(results, floor_db=floor_db, margin_db=margin_db, top_tensors=top_tensors,
-                     calib_clipped={c.name: c.calib_clipped for c in candidates})
+                     guard_notes={c.name: c.guard_notes for c in candidates})
     return results, samples
+
+
+def _warn_left_float(summaries: Mapping[str, object]) -> None:
+    """One warning per distinct set of float-left tensors (not one per method)."""
+    seen: dict[tuple, list[str]] = {}
+    for name, summary in summaries.items():
+        key = tuple(sorted(summary.left_float.items()))
+        if key:
+            seen.setdefault(key, []).append(name)
+    for key, names in seen.items():
+        listing = "\n".join(f"  {t}: {r}" for t, r in key)
+        log.warning("%s: %d tensor(s) left in float:\n%s", ", ".join(names), len(key), listing)
 
 
 def _safe(name: str) -> str:
@@ -323,9 +355,12 @@ def mark_destructive(
     floor_db: float = DEFAULT_FLOOR_DB,
     margin_db: float = DEFAULT_MARGIN_DB,
     top_tensors: int = 3,
-    calib_clipped: Optional[Mapping[str, Mapping[str, float]]] = None,
+    guard_notes: Optional[Mapping[str, Mapping[str, Sequence[str]]]] = None,
 ) -> None:
-    """Set ``destructive_reason`` and ``explanation`` on each collapsed method (in place)."""
+    """Set ``destructive_reason`` and ``explanation`` on each collapsed method (in place).
+
+    ``guard_notes``: method -> tensor -> guard findings of that method's search (trtkld methods).
+    """
     verdicts = find_destructive(
         {r.name: r.output_sqnr_db for r in results}, floor_db=floor_db, margin_db=margin_db
     )
@@ -337,11 +372,11 @@ def mark_destructive(
         reference = best.tensor_sqnr_db if best is not None and best is not r else None
         rows = worst_tensors(r.tensor_sqnr_db, r.tensor_clipped,
                              reference_sqnr_db=reference, count=top_tensors)
-        notes = []
-        for name, *_ in rows:
-            share = (calib_clipped or {}).get(r.name, {}).get(name)
-            if share is not None and share > 0:
-                notes.append(f"{name}: threshold clips {100 * share:.3g}% of the calibration mass")
+        method_notes = (guard_notes or {}).get(r.name, {})
+        notes = [msg for name, *_ in rows for msg in method_notes.get(name, [])]
+        others = len([t for t in method_notes if t not in {row[0] for row in rows}])
+        if others:
+            notes.append(f"{others} other tensor(s) flagged by the search guard")
         r.destructive_reason = verdicts[r.name]
         r.explanation = explain(r.name, verdicts[r.name], rows, notes)
 
@@ -368,7 +403,7 @@ def evaluate(
 ) -> EvalReport:
     """Calibrate with every method and peer, and measure each INT8 model against FP32."""
     candidates = trtkld_candidates(model, calib_data, methods, trt_version=trt_version,
-                                   method_options=method_options, quiet=quiet)
+                                   op_types=op_types, method_options=method_options, quiet=quiet)
     candidates += peer_candidates(model, calib_data, peers, op_types=op_types,
                                   memory_budget=peer_memory_budget, quiet=quiet)
     results, samples = evaluate_candidates(

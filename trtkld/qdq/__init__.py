@@ -8,6 +8,7 @@ from trtkld.qdq.writer import (
     QdqSummary,
     plan_quantization,
     prepare_model,
+    quantizable_activations,
     write_qdq_model,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "is_usable_scale",
     "plan_quantization",
     "prepare_model",
+    "quantizable_activations",
     "range_for_scale",
     "write_qdq_model",
 ]

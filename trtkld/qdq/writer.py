@@ -231,6 +231,27 @@ def plan_quantization(
     return plan
 
 
+def quantizable_activations(
+    model: ModelSource, op_types: Sequence[str] = DEFAULT_OP_TYPES
+) -> list[str]:
+    """Activation tensors that would get Q/DQ with ``op_types`` if each had a scale (graph order).
+
+    Lets callers calibrate only what the Q/DQ model will use.
+    """
+    proto, _ = prepare_model(model)
+    names: list[str] = []
+    initializers = {i.name for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type not in op_types:
+            continue
+        ignored = _IGNORED_INPUTS.get(node.op_type, set())
+        for slot, name in enumerate(node.input):
+            if (name and slot not in ignored and slot != _WEIGHT_INPUT.get(node.op_type)
+                    and name not in initializers and name not in names):
+                names.append(name)
+    return names
+
+
 def _run_ort_quantizer(
     proto: onnx.ModelProto, plan: _Plan, op_types: Sequence[str], per_channel: bool
 ) -> onnx.ModelProto:
@@ -313,6 +334,7 @@ def write_qdq_model(
     *,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     per_channel: bool = True,
+    warn_left_float: bool = True,
 ) -> QdqSummary:
     """Write ``model`` with Q/DQ nodes whose activation scales are ``scales``.
 
@@ -323,6 +345,8 @@ def write_qdq_model(
         out_path: where to write the Q/DQ model (written atomically).
         op_types: op types whose inputs get Q/DQ (outputs never do).
         per_channel: per-output-channel weight scales (TensorRT's recommendation) or one per weight.
+        warn_left_float: log the tensors left in float (callers writing many variants of one
+            model log them once themselves).
     Returns:
         a :class:`QdqSummary`; tensors without a usable scale stay float (logged as a warning).
     Raises:
@@ -367,7 +391,7 @@ def write_qdq_model(
         raise ModelError(f"Q/DQ model for {out_path} fails onnx.checker: {exc}") from exc
 
     _save_atomic(out, out_path)
-    if summary.left_float:
+    if summary.left_float and warn_left_float:
         listing = "\n".join(f"  {t}: {r}" for t, r in summary.left_float.items())
         log.warning(
             "%d tensor(s) left in float (their consumers run in FP32/FP16 in TensorRT):\n%s",

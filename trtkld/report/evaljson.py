@@ -1,5 +1,10 @@
 """Reading the JSON written by ``trtkld eval --json`` into what the report shows.
 
+Layout (docs/qdq.md, schema ``trtkld-eval/1``): top-level scalars (model, data folders, sample
+counts, ``best_method``...) and ``"methods": {name: {scalar metrics..., "per_tensor_sqnr_db":
+{tensor: dB or null}, nested objects...}}``. A list of records with a ``"method"`` key is
+accepted as well.
+
 The report only needs two things from it: a fidelity table (one row per method or peer, numeric
 metrics as columns) and, where present, per-tensor SQNR per method. The reader is strict about
 the shape it needs and ignores fields it does not know, so that eval can add metrics without
@@ -19,6 +24,10 @@ from trtkld.errors import DataError
 
 # Keys under which a method record may hold per-tensor SQNR (tensor name -> dB).
 _PER_TENSOR_KEYS = ("per_tensor_sqnr_db", "tensor_sqnr_db", "per_tensor_sqnr")
+# `trtkld eval --json` writes {"schema": "trtkld-eval/1", ...}; other majors are refused.
+SCHEMA_PREFIX = "trtkld-eval/"
+# The one text field taken from a record's "notes": why eval marked the method destructive.
+REASON_COLUMN = "destructive_reason"
 # Keys that name a record's method / peer.
 _NAME_KEYS = ("method", "name", "calibrator")
 
@@ -101,18 +110,28 @@ def _per_tensor(rec: Mapping[str, Any], method: str, source: str) -> Optional[di
 
 def parse_eval(doc: Any, source: str = "<eval json>") -> EvalTable:
     """Normalise a decoded eval JSON document (see module docstring for the layouts)."""
+    schema = doc.get("schema") if isinstance(doc, Mapping) else None
+    if schema is not None and not str(schema).startswith(SCHEMA_PREFIX):
+        raise DataError(f"{source}: expected an eval JSON with schema {SCHEMA_PREFIX}N, found "
+                        f"schema {schema!r}")
     columns: list[str] = []
     rows = []
     per_tensor: dict[str, dict[str, float]] = {}
     for method, rec in _records(doc, source):
-        metrics = {}
+        metrics: dict[str, Any] = {}
         for key, value in rec.items():
             if key in _NAME_KEYS or key in _PER_TENSOR_KEYS or not _is_scalar(value):
                 continue
             metrics[key] = value
             if key not in columns:
                 columns.append(key)
+        notes = rec.get("notes")
+        reason = notes.get("destructive_reason") if isinstance(notes, Mapping) else None
+        if isinstance(reason, str) and reason:
+            metrics[REASON_COLUMN] = reason
         rows.append((method, metrics))
+    if any(REASON_COLUMN in m for _, m in rows):
+        columns.append(REASON_COLUMN)
         tensors = _per_tensor(rec, method, source)
         if tensors is not None:
             per_tensor[method] = tensors

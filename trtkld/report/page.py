@@ -31,6 +31,8 @@ th.m { border-left: 2px solid #999; } td.m { border-left: 2px solid #999; }
 figure { margin: 1em 0; } figcaption { font-size: 12px; color: #555; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .meta td, .meta th { text-align: left; }
+#fidelity tr.best td { font-weight: bold; background: #e6f4ea; }
+#fidelity tr.destructive td { color: #b00; }
 """
 
 # Runs after every image has loaded or failed (window "load"); records what decoded.
@@ -45,6 +47,20 @@ window.addEventListener("load", function () {
   b.reportStatus = "loaded";
 });
 """
+
+
+# Header text for the metric keys `trtkld eval --json` writes; other keys show as they are.
+_EVAL_LABELS = {
+    "kind": "kind",
+    "output_sqnr_db": "output SQNR dB",
+    "cosine": "cosine",
+    "top1_agreement": "top-1 agreement",
+    "mean_tensor_sqnr_db": "mean tensor SQNR dB",
+    "min_tensor_sqnr_db": "min tensor SQNR dB",
+    "quantized_tensors": "quantized tensors",
+    "destructive": "destructive",
+    "destructive_reason": "why destructive",
+}
 
 
 def esc(text: object) -> str:
@@ -120,18 +136,28 @@ def _summary_table(rows: Sequence[TensorRow], methods: Sequence[str], with_sqnr:
 
 
 def _eval_section(table: EvalTable) -> str:
-    out = ["<h2>INT8 fidelity against FP32 (trtkld eval)</h2>"]
+    out = ["<h2>INT8 fidelity against FP32 (trtkld eval)</h2>",
+           "<p>Bold: best output SQNR. Red: marked destructive by eval.</p>"]
     if table.meta:
         out.append('<table class="meta">')
         for key, value in table.meta.items():
             out.append(f"<tr><th>{esc(key)}</th><td>{esc(format_metric(value))}</td></tr>")
         out.append("</table><p></p>")
+    best = table.meta.get("best_method")
     out.append('<table id="fidelity"><thead><tr><th>method</th>')
-    out.extend(f"<th>{esc(c)}</th>" for c in table.columns)
+    out.extend(f"<th>{esc(_EVAL_LABELS.get(c, c))}</th>" for c in table.columns)
     out.append("</tr></thead><tbody>")
     for method, metrics in table.rows:
-        out.append(f'<tr><td class="name">{esc(method)}</td>')
-        out.extend(f"<td>{esc(format_metric(metrics.get(c)))}</td>" for c in table.columns)
+        classes = []
+        if method == best:
+            classes.append("best")
+        if metrics.get("destructive") is True:
+            classes.append("destructive")
+        cls = f' class="{" ".join(classes)}"' if classes else ""
+        out.append(f'<tr{cls}><td class="name">{esc(method)}</td>')
+        for c in table.columns:
+            left = ' class="name"' if isinstance(metrics.get(c), str) else ""
+            out.append(f"<td{left}>{esc(format_metric(metrics.get(c)))}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)

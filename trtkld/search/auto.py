@@ -30,6 +30,17 @@ def rebin_pairs(counts: np.ndarray) -> np.ndarray:
     return counts.reshape(-1, 2).sum(axis=1)
 
 
+def pick_best(scores: dict[str, float]) -> str:
+    """Method with the highest score; a tie goes to the earliest in ``AUTO_ORDER``."""
+    best = None
+    for method in AUTO_ORDER:     # strict '>' keeps the earliest method on a tie
+        if method in scores and (best is None or scores[method] > scores[best]):
+            best = method
+    if best is None:
+        raise SearchError(f"auto: no method could be scored, found scores {scores}")
+    return best
+
+
 def search_auto(counts: np.ndarray, w: float, r: float,
                 percentile: float = DEFAULT_PERCENTILE, name: str | None = None
                 ) -> SearchResult:
@@ -55,10 +66,7 @@ def search_auto(counts: np.ndarray, w: float, r: float,
             results[method] = func(half, w_half, r)
     scores = {m: histogram_sqnr_db(counts, w, res.amax, float(res.scale))
               for m, res in results.items()}
-    best = None
-    for method in AUTO_ORDER:     # strict '>' keeps the earliest method on a tie
-        if method in scores and (best is None or scores[method] > scores[best]):
-            best = method
+    best = pick_best(scores)
     win = results[best]
     return SearchResult(method="auto", amax=win.amax, scale=win.scale, index=win.index,
                         kl=win.kl, clipped_fraction=clipped_fraction(counts, w, win.amax),
