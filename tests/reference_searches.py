@@ -47,6 +47,10 @@ def ref_ppq(counts) -> tuple[int, list[float], list[int]]:
             for x in group:
                 q.append(value if x > 0 else np.float32(0))
         q_total = _f32_sum(q)
+        if q_total == 0:                           # every kept bin empty: 0/0 in PPQ
+            losses.append(math.inf)
+            rs.append(r)
+            continue
         q = [x / q_total for x in q]
         kl = 0.0
         for pj, qj in zip(p, q):

@@ -423,10 +423,88 @@ def test_demo_model_on_calib_data(fake_trt, tmp_path):
         str(folder), specs, batch_size=2, preprocess=PreprocessOptions.preset(demo.DEMO_PRESET)
     )
     backend = HostBufferBackend()
-    with _calib(data, model_path, tmp_path / "demo.cache", device_backend=backend) as calib:
+    # The calibrator opens the folder itself (a source, as `trtkld calibrate --data` takes).
+    with _calib(
+        str(folder), model_path, tmp_path / "demo.cache", device_backend=backend,
+        batch_size=2, preprocess=demo.DEMO_PRESET,
+    ) as calib:
         got = calib.read_calibration_cache()
         assert got == _expected_cache_bytes(model_path, data, "ppq", TRT_VERSION)
-        # The data also feeds get_batch in the model's layout: x [2,3,224,224] float32.
-        (ptr,) = calib.get_batch(["x"]) or [None]
-    assert ptr is None  # TensorRT asking for batches after our cache = rejection
+        assert calib.calibration_shapes() == {"x": (2, 3, 224, 224)}
     assert len(parse_cache(got).scales) > 50
+
+
+class _Input:
+    def __init__(self, name, shape):
+        self.name, self.shape = name, shape
+
+
+class _Network:
+    """The two INetworkDefinition members calibration_profile reads."""
+
+    def __init__(self, inputs):
+        self._inputs = inputs
+        self.num_inputs = len(inputs)
+
+    def get_input(self, i):
+        return self._inputs[i]
+
+
+class _Recorder:
+    """Stands in for IOptimizationProfile / IBuilder / IBuilderConfig: records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def set_shape(self, name, lo, opt, hi):
+        self.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+
+    def create_optimization_profile(self):
+        return self
+
+    def add_optimization_profile(self, profile):
+        self.calls.append(("add_optimization_profile", profile))
+
+    def set_calibration_profile(self, profile):
+        self.calls.append(("set_calibration_profile", profile))
+
+
+def test_calibration_profile_is_the_batch_shape_for_runtime_dims(fake_trt, data, model, tmp_path):
+    calib = _calib(data, model, tmp_path / "m.cache")
+    builder, config = _Recorder(), _Recorder()
+    network = _Network([_Input("a", (-1, 2, 3)), _Input("b", (-1, -1))])
+    assert calib.set_calibration_profile(builder, network, config)
+    assert builder.calls == [
+        ("set_shape", "a", (1, 2, 3), (2, 2, 3), (2, 2, 3)),
+        ("set_shape", "b", (1, 4), (2, 4), (2, 4)),
+    ]
+    assert config.calls == [
+        ("add_optimization_profile", builder), ("set_calibration_profile", builder)
+    ]
+    static = _Network([_Input("a", (2, 2, 3)), _Input("b", (2, 4))])
+    assert not calib.set_calibration_profile(_Recorder(), static, _Recorder())
+    with pytest.raises(TrtkldError, match=r"calibration shape \[2, 4\] does not fit"):
+        calib.set_calibration_profile(_Recorder(), _Network([_Input("a", (-1, 2, 3)),
+                                                            _Input("b", (-1, 5))]), _Recorder())
+
+
+def test_cache_from_trtkld_calibrate_is_reused_by_the_calibrator(fake_trt, model, tmp_path, caplog):
+    """`trtkld calibrate` writes the sidecar too, so `trtkld build` need not calibrate again."""
+    from trtkld.cli.main import main
+
+    source = _write_npz(tmp_path / "cli_data", 6)
+    cache = tmp_path / "cli.cache"
+    assert main(["calibrate", model, "--data", source, "--batch-size", "2", "--method",
+                 "nvidia", "--out", str(cache), "--trt-version", "10.9.0", "-q",
+                 "--table", "none"]) == 0
+    before = cache.read_bytes()
+    calib = _calib(None, model, cache, method="nvidia")
+    with caplog.at_level(logging.INFO, logger="trtkld.trt"):
+        assert calib.read_calibration_cache() == before
+    assert calib.cache_status == "reused", caplog.text
+    # a different method must not reuse it
+    other = _calib(open_data(source, input_specs_from_onnx(model), batch_size=2), model, cache,
+                   method="ppq")
+    other.read_calibration_cache()
+    assert other.cache_status == "generated"
+    assert "made with method 'nvidia', 'ppq' was asked for" in other.regeneration_reason

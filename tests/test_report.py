@@ -8,7 +8,6 @@ by the real searches through trtkld.pipeline.
 from __future__ import annotations
 
 import html.parser
-import json
 import math
 import os
 import re
@@ -30,6 +29,7 @@ from trtkld.report.summary import amax_spread, build_rows
 
 METHODS = ["ppq", "nvidia", "modelopt", "max", "percentile"]
 NASTY = 'a<b>&"c'
+MATHY = "blk/$\\frac$/out:0"
 BINS = 4096
 
 
@@ -47,6 +47,8 @@ def _activations() -> dict[str, np.ndarray]:
         "/head/Constant_output_0": np.zeros(64, np.float32),
         "/blocks.5/Div_output_0": polluted,
         NASTY: rng.uniform(-3.0, 3.0, 4000).astype(np.float32),
+        # a pair of "$" starts matplotlib mathtext; "\\frac" without arguments would crash it
+        MATHY: rng.exponential(0.5, 5000).astype(np.float32),
     }
 
 
@@ -219,7 +221,33 @@ def test_kl_curves_in_activation_units_match_the_spec(hists, results):
             assert c.chosen_x == r.amax
             assert c.chosen_y == pytest.approx(r.kl, rel=1e-12)
             checked += 1
-    assert checked == 3 * 5
+    assert checked == 3 * sum(h.hist_max > 0 for h in hists.values())
+
+
+def test_curves_of_auto_mse_and_unknown_index_conventions(hists, results):
+    import dataclasses
+
+    name = "/blocks.3/act/Mul_output_0"
+    hist = hists[name]
+    nvidia = results["nvidia"][name]
+    # auto draws the curve of the search it picked; mse's squared error is not a KL curve
+    auto = dataclasses.replace(nvidia, method="auto", chosen_method="nvidia")
+    mse = search_histograms(hists, "mse")[name]
+    assert mse.candidates is not None
+    data = tensor_plot_data(hist, {"auto": auto, "mse": mse})
+    assert [c.method for c in data.curves] == ["auto"]
+    ref = tensor_plot_data(hist, {"nvidia": nvidia}).curves[0]
+    np.testing.assert_array_equal(data.curves[0].x, ref.x)
+    auto_mse = search_histograms(hists, "auto")[name]
+    if auto_mse.chosen_method not in ("ppq", "nvidia", "modelopt"):
+        assert tensor_plot_data(hist, {"auto": auto_mse}).curves == ()
+    # an index that does not follow the spec's convention would put candidates beyond the
+    # histogram: every curve then falls back to candidate indices rather than a wrong axis
+    odd = dataclasses.replace(results["ppq"][name], index=results["ppq"][name].index // 2)
+    data = tensor_plot_data(hist, {"ppq": odd, "nvidia": nvidia})
+    assert [c.x_is_amax for c in data.curves] == [False, False]
+    np.testing.assert_array_equal(data.curves[1].x, nvidia.candidates)
+    assert data.curves[1].chosen_x == nvidia.index
 
 
 def test_display_histogram_sums_adjacent_bins_exactly(hists):
@@ -277,36 +305,65 @@ def test_default_report_dir_is_next_to_the_input(tmp_path):
 
 
 # --------------------------------------------------------------------------- eval JSON
-def _eval_doc(hists) -> dict:
-    names = list(hists)
-    return {
-        "model": "demo.onnx",
-        "num_samples": 24,
-        "methods": [
-            {"method": "ppq", "output_sqnr_db": 31.25, "cosine": 0.99961, "top1_agreement": 0.958,
-             "per_tensor_sqnr_db": {names[0]: 38.5, NASTY: 12.0}},
-            {"method": "nvidia", "output_sqnr_db": 30.0, "cosine": 0.9995, "top1_agreement": 1.0,
-             "per_tensor_sqnr_db": {names[0]: 37.0}},
-            {"method": "ort-entropy", "output_sqnr_db": 21.5, "cosine": 0.993,
-             "top1_agreement": 0.875},
-        ],
-    }
+def _fidelity(name: str, kind: str, results, arrays, destructive: str | None = None):
+    """A MethodEval holding real per-tensor SQNR: each tensor fake-quantized (INT8 Q/DQ) with
+    the method's scale, measured by trtkld.evaluate's own metrics."""
+    from trtkld.evaluate import MethodEval, fake_quantize, sqnr_db
+
+    tensor_sqnr = {}
+    for tensor, x in arrays.items():
+        finite = x[np.isfinite(x)].astype(np.float64)
+        q = fake_quantize(finite, float(results[tensor].scale)).astype(np.float64)
+        tensor_sqnr[tensor] = sqnr_db(float(np.sum(finite**2)), float(np.sum((finite - q) ** 2)))
+    return MethodEval(
+        name=name, kind=kind, description=f"{name} thresholds", output_sqnr_db=28.5,
+        cosine=0.99931, top1_agreement=0.9583, outputs={}, tensor_sqnr_db=tensor_sqnr,
+        tensor_clipped={}, scales={t: float(r.scale) for t, r in results.items()},
+        quantized_tensors=len(results), left_float={}, destructive_reason=destructive,
+    )
 
 
-def test_eval_tables_in_the_page(hists, results, tmp_path):
+def test_eval_json_from_trtkld_eval_in_the_page(hists, results, tmp_path):
+    from trtkld.evaluate import EvalReport, write_json
+
+    arrays = _activations()
+    methods = [
+        _fidelity("ppq", "trtkld", results["ppq"], arrays),
+        _fidelity("max", "trtkld", results["max"], arrays, destructive="output SQNR < 10 dB"),
+        _fidelity("ort-entropy", "peer", results["nvidia"], arrays),
+    ]
+    methods[0].output_sqnr_db = 31.25
+    report = EvalReport(model="demo.onnx", calib_data="calib_data", eval_data="eval_data",
+                        num_calib_samples=12, num_eval_samples=24, trt_version="10.9.0",
+                        op_types=("Conv", "Gemm"), per_channel=True, floor_db=10.0,
+                        margin_db=6.0, methods=methods)
     path = tmp_path / "eval.json"
-    path.write_text(json.dumps(_eval_doc(hists)))
+    write_json(report, path)
+
     table = load_eval(path)
-    assert [m for m, _ in table.rows] == ["ppq", "nvidia", "ort-entropy"]
-    assert table.columns == ("output_sqnr_db", "cosine", "top1_agreement")
+    assert [m for m, _ in table.rows] == ["ppq", "max", "ort-entropy"]
+    assert table.meta["best_method"] == "ppq" and table.meta["model"] == "demo.onnx"
+    assert {"output_sqnr_db", "cosine", "top1_agreement", "destructive_reason"} <= set(
+        table.columns)
+    # per-tensor SQNR: the numbers eval wrote, null (all-zero tensor: NaN) left out
+    for m in methods:
+        expected = {t: v for t, v in m.tensor_sqnr_db.items() if math.isfinite(v)}
+        assert table.per_tensor_sqnr[m.name] == pytest.approx(expected, rel=1e-15)
+    assert "/head/Constant_output_0" not in table.per_tensor_sqnr["ppq"]
+
     rep = write_report(hists, results, tmp_path / "e.report", eval_table=table, max_plots=0)
     text = rep.index.read_text(encoding="utf-8")
     fidelity = re.search(r'<table id="fidelity">(.*?)</table>', text, re.S).group(1)
-    assert "ort-entropy" in fidelity and "31.25" in fidelity and "0.9996" in fidelity
+    assert '<tr class="best"><td class="name">ppq</td>' in fidelity and "31.25" in fidelity
+    assert '<tr class="destructive"><td class="name">max</td>' in fidelity
+    assert "output SQNR &lt; 10 dB" in fidelity and "ort-entropy" in fidelity
     row = next(r for r in rep.rows if r.name == NASTY)
     sq = {c.method: c.sqnr_db for c in row.cells}
-    assert sq == {"ppq": 12.0, "nvidia": None, "modelopt": None, "max": None,
-                  "percentile": None}
+    assert sq["ppq"] == pytest.approx(methods[0].tensor_sqnr_db[NASTY], rel=1e-15)
+    assert sq["max"] == pytest.approx(methods[1].tensor_sqnr_db[NASTY], rel=1e-15)
+    assert sq["nvidia"] is None  # eval has no "nvidia" entry; ort-entropy is not a column
+    # INT8 on a uniform tensor: close to the textbook 6.02 * 8 - 1.25 dB for max
+    assert 40.0 < sq["max"] < 50.0
     assert "SQNR dB" in text and rep.plots == ()
 
 
@@ -319,6 +376,8 @@ def test_eval_json_errors_name_the_file(tmp_path):
         parse_eval({"rows": []}, "x.json")
     with pytest.raises(DataError, match="per_tensor_sqnr_db"):
         parse_eval({"methods": {"ppq": {"per_tensor_sqnr_db": [1, 2]}}}, "x.json")
+    with pytest.raises(DataError, match="trtkld-eval/"):
+        parse_eval({"schema": "other/2", "methods": {}}, "x.json")
     with pytest.raises(DataError, match=r"missing\.json"):
         load_eval(tmp_path / "missing.json")
 
@@ -340,6 +399,46 @@ def test_cli_from_saved_histograms(hists, tmp_path, capsys):
     index = tmp_path / "model.hist.report" / "index.html"
     assert f"{index} ({len(hists)} tensors, 3 plots" in capsys.readouterr().out
     assert _parse(index).rows == list(hists)
+
+
+def _tiny_model(path: Path) -> None:
+    """x [N,3,8,8] -> Conv(4 filters, 3x3) -> Relu -> y: a real ONNX model ORT runs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(3).normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["conv:out"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv:out"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def test_cli_collects_from_a_model_first(tmp_path, capsys):
+    model = tmp_path / "tiny.onnx"
+    _tiny_model(model)
+    data = tmp_path / "calib.npy"
+    np.save(data, np.random.default_rng(4).normal(0, 1, (6, 3, 8, 8)).astype(np.float32))
+    saved = tmp_path / "tiny.hist.npz"
+    rc = cli_main(["report", str(model), "--data", str(data), "--method", "nvidia,max",
+                   "--batch-size", "2", "--save-histograms", str(saved)])
+    assert rc == 0, capsys.readouterr().err
+    index = tmp_path / "tiny.report" / "index.html"
+    hists = HistogramSet.load(saved)
+    assert {"x", "conv:out", "y"} <= set(hists)
+    page = _parse(index)
+    assert page.rows == list(hists) and len(page.imgs) == len(hists)
+    # collected from the real model: y = relu(conv), so |y| peaks where conv peaks
+    relu = hists["y"]
+    assert relu.num_values == 6 * 4 * 8 * 8 and relu.counts.sum() == relu.num_values
+    assert relu.min == 0.0 and relu.absmax == hists["conv:out"].max > 0.0
 
 
 def test_cli_errors(hists, tmp_path, capsys):

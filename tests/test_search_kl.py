@@ -192,3 +192,11 @@ def test_ppq_scale_clamp_and_amax():
     res = run_search("ppq", counts, hist_max=3.0)
     assert res.amax == res.index * 3.0 / 4096
     assert res.scale == np.float32(res.amax / 128)
+
+
+def test_ppq_huge_bin_count_never_nan():
+    # B = 65536: int(B * 0.002) = 131 >= 128, so r = 128 keeps only zeroed bins (0/0 in PPQ).
+    counts = np.random.default_rng(6).integers(0, 100, 65536)
+    res = run_search("ppq", counts, hist_max=1.0)
+    assert res.divergences[0] == np.inf and not np.isnan(res.divergences).any()
+    assert res.index > 128 and np.isfinite(res.scale)

@@ -323,3 +323,44 @@ def test_gpu_collector_include_exclude(tmp_path):
         include=["x", "l.*", "r"], exclude=["r"], quiet=True,
     )
     assert list(hists) == ["x", "lg"]
+
+
+def test_calibrator_with_the_tensorrt_collector(monkeypatch, tmp_path, caplog):
+    """KLDCalibrator(collector="tensorrt") wiring: device histograms -> search -> cache.
+
+    The TensorRT engine is replaced by OrtHostRunner, so the cache must equal the CPU
+    pipeline's byte for byte; the sidecar records the collector, and asking for the other
+    collector regenerates the cache.
+    """
+    import logging
+
+    from trtkld.pipeline import calibrate
+    from trtkld.trt import _backend
+    from trtkld.trt.calibrator import KLDCalibrator
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.9.0"))
+    monkeypatch.setattr(_backend, "TensorRTEngineRunner", OrtHostRunner)
+    model = _tiny_model(tmp_path / "tiny.onnx")
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        np.save(folder / f"x{i}.npy", (rng.standard_normal(4) * (i + 1)).astype(np.float32))
+    data = open_data(str(folder), input_specs_from_onnx(model), batch_size=2)
+    cache = tmp_path / "t.cache"
+    backend = HostBufferBackend()
+    with KLDCalibrator(
+        data, "ppq", cache, model, collector="tensorrt", device_backend=backend, quiet=True
+    ) as calib:
+        got = calib.read_calibration_cache()
+        calib.check()
+    _, outcomes = calibrate(model, data, ["ppq"], trt_version="10.9.0", quiet=True)
+    assert got == outcomes["ppq"].cache.to_bytes() == cache.read_bytes()
+    assert json.loads((tmp_path / "t.cache.trtkld.json").read_text())["collector"] == "tensorrt"
+    assert backend.live_buffers == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trtkld.trt"):
+        KLDCalibrator(
+            data, "ppq", cache, model, device_backend=backend, quiet=True
+        ).read_calibration_cache()
+    assert "histograms came from the 'tensorrt' collector, 'onnxruntime' was asked" in caplog.text

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from trtkld._io import atomic_write
 from trtkld.cache.version import format_trt_version, parse_trt_version_number, trt_version_number
 from trtkld.errors import CacheFormatError
 
@@ -340,47 +340,9 @@ def write_cache(
     """
     data = cache.to_bytes(allow_nonpositive=allow_nonpositive)
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
     try:
-        _atomic_write(target, directory, data)
+        atomic_write(target, data)
     except OSError as exc:
         raise CacheFormatError(
             f"cannot write calibration cache {_shorten(target)}: {exc.strerror or exc}"
         ) from exc
-
-
-def _atomic_write(target: str, directory: str, data: bytes) -> None:
-    try:
-        mode = os.stat(target).st_mode & 0o7777  # keep an existing file's permissions
-    except FileNotFoundError:
-        mode = 0o644  # mkstemp's 0600 would surprise users sharing a cache
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(target) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable where the OS allows opening a directory (not on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

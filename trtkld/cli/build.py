@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--engine and --cache are the same file: {engine}")
 
     from trtkld.cache import parse_cache
-    from trtkld.trt.cachemeta import atomic_write_bytes
+    from trtkld.cache.sidecar import atomic_write_bytes
     from trtkld.trt.calibrator import KLDCalibrator
 
     base = getattr(trt, BASE_CLASSES[args.calibrator])

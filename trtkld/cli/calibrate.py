@@ -185,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
     )
-    method_options = {"percentile": {"percentile": args.percentile}}
+    method_options = {}
+    if args.percentile is not None:
+        method_options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
     histograms, outcomes = calibrate(
         model,
         data,
@@ -208,5 +210,34 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(histograms, outcomes, limit=None if args.table == "full" else 40))
     for method, outcome in outcomes.items():
         write_cache(outcome.cache, outputs[method])
+        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
         print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
     return 0
+
+
+def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:
+    """Record what made the cache next to it (``<cache>.trtkld.json``).
+
+    ``trtkld build`` / ``KLDCalibrator`` reuse the cache only when this matches what they would
+    produce. For ``auto`` and per-tensor overrides it also lists the method behind each tensor,
+    since the cache format (TensorRT's) has no room for comments.
+    """
+    from trtkld.cache import sidecar
+
+    recorded = dict(options)
+    if overrides:
+        recorded["tensor_method"] = dict(overrides)
+    metadata = sidecar.make_metadata(
+        method=outcome.method,
+        options=recorded,
+        collector="onnxruntime",
+        cache_bytes=path.read_bytes(),
+    )
+    per_tensor = {
+        name: r.chosen_method or r.method
+        for name, r in outcome.results.items()
+        if (r.chosen_method or r.method) != outcome.method
+    }
+    if per_tensor:
+        metadata["tensor_methods"] = per_tensor
+    sidecar.write_metadata(path, metadata)

@@ -65,8 +65,7 @@ def add_method_argument(parser: argparse.ArgumentParser, *, default: str) -> Non
     parser.add_argument(
         "--percentile",
         type=float,
-        default=99.99,
-        help="percentile of |x| kept by the 'percentile' method (default: %(default)s)",
+        help="percentile of |x| kept by the 'percentile' method (default: 99.99)",
     )
 
 

@@ -6,7 +6,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trtkld.errors import DataError
+from trtkld.cli.common import (
+    CLIError,
+    add_data_arguments,
+    add_method_argument,
+    open_model_data,
+    parse_methods,
+)
 
 log = logging.getLogger("trtkld.report")
 
@@ -41,76 +47,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", nargs="?", help="ONNX model to calibrate first (needs --data)")
-    src = p.add_argument_group("input (one of)")
+    src = p.add_argument_group("input (one of MODEL, --histograms, --demo)")
     src.add_argument("--histograms", metavar="H.npz",
                      help="histograms saved by trtkld (HistogramSet .npz); no model run")
     src.add_argument("--demo", action="store_true",
                      help="the bundled demo model with the repository's calib_data/")
-    data = p.add_argument_group("calibration data (with MODEL)")
-    data.add_argument("--data", metavar="SOURCE",
-                      help="image folder, .npy/.npz file or folder, or module:function")
-    data.add_argument("--preset", metavar="NAME",
-                      help="image preprocessing preset: imagenet, caffe, unit, raw "
-                           "(default: decided from the model input)")
-    data.add_argument("--batch-size", type=int, metavar="N", help="samples per batch")
-    data.add_argument("--save-histograms", metavar="H.npz",
-                      help="also save the collected histograms, for later --histograms runs")
-    p.add_argument("--method", default=DEFAULT_METHODS, metavar="M1,M2,...",
-                   help=f"comma-separated searches to compare (default: {DEFAULT_METHODS})")
-    p.add_argument("--eval", dest="eval_json", metavar="EVAL.json",
-                   help="JSON from `trtkld eval --json`: fidelity table and per-tensor SQNR")
-    p.add_argument("--out", "-o", metavar="DIR",
-                   help="report folder (default: INPUT with suffix .report)")
-    p.add_argument("--max-plots", type=int, default=None, metavar="N",
-                   help="plot at most N tensors, largest amax spread first; the table always "
-                        "lists every tensor (default: 200; 0: no plots)")
-    p.add_argument("--dpi", type=int, default=None, help="PNG resolution (default: 72)")
-    p.add_argument("--disagree-ratio", type=float, default=None, metavar="R",
-                   help="flag tensors whose largest/smallest amax differ by more than R "
-                        "(default: 2)")
+    src.add_argument("--save-histograms", metavar="H.npz",
+                     help="with MODEL/--demo: also save the collected histograms, for later "
+                          "--histograms runs")
+    add_data_arguments(p)
+    add_method_argument(p, default=DEFAULT_METHODS)
+    out = p.add_argument_group("report")
+    out.add_argument("--eval", dest="eval_json", metavar="EVAL.json",
+                     help="JSON from `trtkld eval --json`: fidelity table and per-tensor SQNR")
+    out.add_argument("--out", "-o", metavar="DIR",
+                     help="report folder (default: INPUT with suffix .report; "
+                          "demo.report with --demo)")
+    out.add_argument("--max-plots", type=int, default=None, metavar="N",
+                     help="plot at most N tensors, largest amax spread first; the table always "
+                          "lists every tensor (default: 200; 0: no plots)")
+    out.add_argument("--dpi", type=int, default=None, help="PNG resolution (default: 72)")
+    out.add_argument("--disagree-ratio", type=float, default=None, metavar="R",
+                     help="flag tensors whose largest/smallest amax differ by more than R "
+                          "(default: 2)")
     p.set_defaults(func=run)
 
 
-def parse_methods(text: str) -> list[str]:
-    """``"ppq, nvidia,ppq"`` -> ``["ppq", "nvidia"]`` (order kept, duplicates dropped),
-    checked against the available searches."""
-    from trtkld.search import available_methods
-
-    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    if not methods:
-        raise DataError(f"--method: expected a comma-separated list of searches, found {text!r}")
-    known = list(available_methods())
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise DataError(f"--method: unknown search(es) {', '.join(unknown)}; expected some of "
-                        f"{', '.join(known)}")
-    return methods
-
-
-def _from_histograms(path: str, methods: list[str]) -> tuple[Any, dict[str, dict[str, Any]]]:
-    from trtkld.histogram import HistogramSet
+def _search_all(hists: Any, methods: list[str], options: dict) -> dict[str, dict[str, Any]]:
     from trtkld.pipeline import search_histograms
 
-    hists = HistogramSet.load(path)
-    return hists, {m: search_histograms(hists, m) for m in methods}
-
-
-def _from_model(args: argparse.Namespace, model: Path, data_source: str, methods: list[str],
-                preset: str | None) -> tuple[Any, dict[str, dict[str, Any]]]:
-    from trtkld.cache import DEFAULT_TRT_VERSION
-    from trtkld.data import PreprocessOptions, input_specs_from_onnx, open_data
-    from trtkld.pipeline import calibrate
-
-    if not model.is_file():
-        raise DataError(f"{model}: model file not found")
-    specs = input_specs_from_onnx(model)
-    preprocess = PreprocessOptions.preset(preset) if preset else None
-    data = open_data(data_source, specs, batch_size=args.batch_size, preprocess=preprocess)
-    hists, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION)
-    if args.save_histograms:
-        hists.save(args.save_histograms)
-        log.info("histograms saved to %s", args.save_histograms)
-    return hists, {m: outcomes[m].results for m in methods}
+    return {m: search_histograms(hists, m, method_options=options) for m in methods}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,38 +86,42 @@ def run(args: argparse.Namespace) -> int:
 
     given = [x for x in (args.model, args.histograms, args.demo or None) if x]
     if len(given) != 1:
-        raise DataError("report: give exactly one input: MODEL.onnx (with --data), "
-                        f"--histograms H.npz, or --demo; found {len(given)}")
-    methods = parse_methods(args.method)
+        raise CLIError("report: give exactly one input: MODEL.onnx (with --data), "
+                       f"--histograms H.npz, or --demo; found {len(given)}")
+    methods = parse_methods(args.method, args.default_method)
+    options = {"percentile": {"percentile": args.percentile}}
     # Read the eval JSON before the (possibly long) collection so a bad path fails fast.
     eval_table = load_eval(args.eval_json) if args.eval_json else None
 
     if args.histograms:
+        from trtkld.histogram import HistogramSet
+
         source = Path(args.histograms)
         if not source.is_file():
-            raise DataError(f"{source}: histogram file not found")
-        hists, results = _from_histograms(args.histograms, methods)
+            raise CLIError(f"{source}: histogram file not found")
+        hists = HistogramSet.load(source)
+        results = _search_all(hists, methods, options)
     else:
-        preset = args.preset
-        if args.demo:
-            from trtkld.demo import DEMO_CALIB_DIR, DEMO_PRESET, demo_model_path
+        from trtkld.cache import DEFAULT_TRT_VERSION
+        from trtkld.pipeline import calibrate
 
-            source, data_source = Path(demo_model_path()), str(DEMO_CALIB_DIR)
-            if args.data:
-                data_source = args.data
-            preset = preset or DEMO_PRESET
-            if args.out is None:
-                # The demo model lives in the installed package; write next to the user.
-                args.out = "demo.report"
-        else:
-            source = Path(args.model)
-            if not args.data:
-                raise DataError(f"report: {source}: --data is required with a model (or use "
-                                "--histograms H.npz)")
-            data_source = args.data
-        hists, results = _from_model(args, source, data_source, methods, preset)
+        model, data = open_model_data(args)
+        source = Path(model)
+        # The report writes no cache, so the cache header version does not matter here.
+        hists, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
+                                    method_options=options)
+        results = {m: outcomes[m].results for m in methods}
+        if args.save_histograms:
+            hists.save(args.save_histograms)
+            log.info("histograms saved to %s", args.save_histograms)
+        if args.demo and args.out is None:
+            # The demo model lives in the installed package; write next to the user instead.
+            args.out = "demo.report"
 
     out = Path(args.out) if args.out else default_report_dir(source)
+    meta = {"input": str(source)}
+    if args.eval_json:
+        meta["eval"] = str(args.eval_json)
     summary = write_report(
         hists, results, out,
         eval_table=eval_table,
@@ -160,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         disagree_ratio=DEFAULT_DISAGREE_RATIO if args.disagree_ratio is None
         else args.disagree_ratio,
         title=f"trtkld report: {source.name}",
-        meta={"input": str(source)} | ({"eval": str(args.eval_json)} if args.eval_json else {}),
+        meta=meta,
     )
     flagged = sum(r.disagree for r in summary.rows)
     print(f"report: {summary.index} ({len(summary.rows)} tensors, {len(summary.plots)} plots, "

@@ -20,12 +20,14 @@ def find_destructive(
     Args:
         output_sqnr_db: method -> model-output SQNR in dB (NaN = undefined, -inf = NaN/Inf output).
         floor_db: absolute floor; a method below it is destructive.
-        margin_db: a method more than this many dB under the best finite-or-inf SQNR is destructive.
+        margin_db: a method more than this many dB under the best finite SQNR is destructive.
     Returns:
         method -> reason, only for destructive methods, in input order.
     """
-    valid = [v for v in output_sqnr_db.values() if not math.isnan(v)]
-    best = max(valid) if valid else math.nan
+    # The margin is measured from the best finite SQNR: an output identical to FP32 (+inf)
+    # must not make every merely excellent method "infinitely far" under the best.
+    finite = [v for v in output_sqnr_db.values() if math.isfinite(v)]
+    best = max(finite) if finite else math.nan
     out: dict[str, str] = {}
     for method, value in output_sqnr_db.items():
         if math.isnan(value):

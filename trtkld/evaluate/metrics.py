@@ -45,8 +45,9 @@ def fake_quantize(x: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _energy(a: np.ndarray) -> float:
-    flat = np.asarray(a, dtype=np.float32).ravel()
-    return float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
+    """Sum of squares in float64 (float32 accumulation loses digits over large tensors)."""
+    flat = np.asarray(a, dtype=np.float64).ravel()
+    return float(np.dot(flat, flat))
 
 
 def per_sample_cosine(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -151,7 +152,7 @@ class TensorAccumulator:
         finite = np.isfinite(x32)
         if not finite.all():
             x32 = x32[finite]  # NaN/Inf activations cannot be measured; the histograms report them
-        err = x32 - fake_quantize(x32, s)
+        err = x32.astype(np.float64) - fake_quantize(x32, s)
         self.signal[name] = self.signal.get(name, 0.0) + _energy(x32)
         self.noise[name] = self.noise.get(name, 0.0) + _energy(err)
         amax = np.float32(np.float64(s) * THRESHOLD_STEPS)

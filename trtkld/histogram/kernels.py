@@ -26,6 +26,7 @@ float16/float32/float64 array (any shape, any strides) for them.
 """
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -212,23 +213,64 @@ def classify_nonfinite(x):  # pragma: no cover - numba
 # --------------------------------------------------------------------------- python glue
 def key_to_float(key: int, bits: int) -> float:
     """Invert the order-preserving key of a float32 (bits=32) or float64 (bits=64) value."""
-    itype, ftype = (np.int32, np.float32) if bits == 32 else (np.int64, np.float64)
-    k = np.array([key], dtype=itype)
-    mask = itype(np.iinfo(itype).max)
-    raw = k ^ ((k >> itype(bits - 1)) & mask)  # the key map is its own inverse
-    return float(raw.view(ftype)[0])
+    # The key map is its own inverse; plain ints + struct: this runs twice per tensor per batch.
+    mask = (1 << (bits - 1)) - 1
+    raw = key ^ (mask if key < 0 else 0)
+    if bits == 32:
+        return struct.unpack("<f", struct.pack("<i", raw))[0]
+    return struct.unpack("<d", struct.pack("<q", raw))[0]
 
 
 class RawScan(NamedTuple):
     """What one pass over an array found. min/max are over finite values (0.0 when none)."""
 
-    counts: np.ndarray | None  # (B,) int64, or None when no histogram was asked for
+    # (B,) int64 view of a pooled (B + 1,) buffer, or None when no histogram was asked for;
+    # call release() once the counts have been added somewhere
+    counts: np.ndarray | None
     min: float
     max: float
     num_finite: int
     num_nan: int
     num_posinf: int
     num_neginf: int
+
+
+class _CountsPool:
+    """Recycles (B + 1,) int64 count buffers between scans.
+
+    A batch of a few hundred small tensors would otherwise allocate and free a few hundred
+    32 KB arrays at once; glibc then returns the memory to the OS and faults it back in on the
+    next batch, which measured ~40 us per tensor - more than the binning itself. Thread-safe:
+    list.append/pop are atomic under the GIL.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def take(self, size: int) -> np.ndarray:
+        try:
+            buf = self._free.get(size, []).pop()
+        except IndexError:
+            return np.zeros(size, dtype=np.int64)
+        self._bytes -= buf.nbytes
+        buf.fill(0)
+        return buf
+
+    def give(self, buf: np.ndarray) -> None:
+        if self._bytes + buf.nbytes <= self._max_bytes:
+            self._bytes += buf.nbytes
+            self._free.setdefault(buf.size, []).append(buf)
+
+
+_POOL = _CountsPool()
+
+
+def release(raw: RawScan) -> None:
+    """Hand the count buffer of a consumed :func:`scan` result back for reuse."""
+    if raw.counts is not None and raw.counts.base is not None:
+        _POOL.give(raw.counts.base)
 
 
 def _flat_chunks(x: np.ndarray):
@@ -248,7 +290,7 @@ def scan(x: np.ndarray, num_bins: int, inv_width: float | None) -> RawScan:
     x: any shape, dtype float16/float32/float64 (checked by the caller). ``inv_width`` =
     float64(B) / float64(hist_max), finite and > 0.
     """
-    counts = np.zeros(num_bins + 1, dtype=np.int64) if inv_width is not None else None
+    counts = _POOL.take(num_bins + 1) if inv_width is not None else None
     kmin = kmax = None
     nbad = 0
     bits = 64 if x.dtype == np.float64 else 32

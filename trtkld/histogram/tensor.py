@@ -56,7 +56,7 @@ def _scan_checked(x: np.ndarray, num_bins: int, hist_max: float, what: str) -> R
                 f"{what}: hist_max is 0 (pass 1 saw only zeros or no finite values) but this "
                 f"data has |x| up to {absmax!r}; pass-1 and pass-2 data differ"
             )
-        raw = raw._replace(counts=np.zeros(num_bins, dtype=np.int64))
+        raw = raw._replace(counts=None)
     return raw
 
 
@@ -70,7 +70,8 @@ def abs_histogram(x: np.ndarray, num_bins: int, hist_max: float) -> np.ndarray:
     """
     num_bins = check_bins(num_bins, "abs_histogram")
     arr = as_float_array(x, "abs_histogram input")
-    return _scan_checked(arr, num_bins, hist_max, "abs_histogram").counts
+    raw = _scan_checked(arr, num_bins, hist_max, "abs_histogram")
+    return np.zeros(num_bins, np.int64) if raw.counts is None else raw.counts.copy()
 
 
 class TensorHistogram:
@@ -185,8 +186,12 @@ class TensorHistogram:
         return _scan_checked(arr, self.num_bins, self.hist_max, f"tensor {self.name!r}")
 
     def add_scan(self, raw: RawScan) -> None:
-        """Fold a :meth:`scan` result into this histogram."""
-        self.counts += raw.counts
+        """Fold a :meth:`scan` result into this histogram (consumes it: its buffer is reused)."""
+        from trtkld.histogram.kernels import release
+
+        if raw.counts is not None:
+            self.counts += raw.counts
+            release(raw)
         self.stats = self.stats.merge(TensorStats.from_scan(raw))
 
     def update(self, x: np.ndarray) -> None:

@@ -90,7 +90,18 @@ def write_report(
                         f"histogram, e.g. {unknown[0]!r}")
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: the report folder path exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _write(hists, results, out, eval_table=eval_table, max_plots=max_plots, dpi=dpi,
+                      disagree_ratio=disagree_ratio, title=title, meta=meta)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot write the report ({exc})") from exc
+
+
+def _write(hists, results, out: Path, *, eval_table, max_plots, dpi, disagree_ratio, title,
+           meta) -> ReportSummary:
     methods = list(results)
     rows = build_rows(
         hists, results,

@@ -130,11 +130,11 @@ def parse_eval(doc: Any, source: str = "<eval json>") -> EvalTable:
         if isinstance(reason, str) and reason:
             metrics[REASON_COLUMN] = reason
         rows.append((method, metrics))
-    if any(REASON_COLUMN in m for _, m in rows):
-        columns.append(REASON_COLUMN)
         tensors = _per_tensor(rec, method, source)
         if tensors is not None:
             per_tensor[method] = tensors
+    if any(REASON_COLUMN in m for _, m in rows):
+        columns.append(REASON_COLUMN)
     meta = {k: v for k, v in doc.items() if k not in ("methods", "results") and _is_scalar(v)}
     return EvalTable(tuple(columns), tuple(rows), per_tensor, meta, source)
 

@@ -194,6 +194,12 @@ def plot_file_name(index: int, name: str, max_name_chars: int = 60) -> str:
     return f"{index:04d}_{safe}.png"
 
 
+def _plain(text: str) -> str:
+    """Text matplotlib shows as written: a pair of ``$`` would otherwise start mathtext, and a
+    tensor name like ``a$\\frac$b`` would make the render fail."""
+    return text.replace("$", r"\$")
+
+
 def _short(name: str, limit: int = 90) -> str:
     return name if len(name) <= limit else name[: limit // 2 - 1] + "..." + name[-(limit // 2 - 2):]
 
@@ -223,19 +229,19 @@ def render_tensor_plot(
                   ha="center", va="center", transform=ax_h.transAxes, fontsize=9)
         right = 0.0
     for t in data.thresholds:
-        label = f"{t.method} {t.amax:.4g}" + (" (fallback)" if t.fallback else "")
+        label = _plain(f"{t.method} {t.amax:.4g}" + (" (fallback)" if t.fallback else ""))
         ax_h.axvline(t.amax, color=colours[t.method], linewidth=1.2, linestyle="--", label=label)
         right = max(right, t.amax)
     ax_h.set_xlim(0.0, right * 1.03 if right > 0 else 1.0)
     ax_h.set_xlabel("|x|")
-    ax_h.set_ylabel("count (log)")
+    ax_h.set_ylabel("count (log)" if data.counts.size else "count")
     bad = []
     if data.num_nan:
         bad.append(f"NaN {data.num_nan}")
     if data.num_posinf or data.num_neginf:
         bad.append(f"Inf +{data.num_posinf}/-{data.num_neginf}")
-    ax_h.set_title(_short(data.name) + (f"   [{', '.join(bad)}]" if bad else ""), fontsize=9,
-                   loc="left")
+    title = _plain(_short(data.name)) + (f"   [{', '.join(bad)}]" if bad else "")
+    ax_h.set_title(title, fontsize=9, loc="left")
     if data.thresholds:
         ax_h.legend(fontsize=7, loc="upper right", framealpha=0.8)
 
@@ -245,7 +251,7 @@ def render_tensor_plot(
             # Markers too: with sparse tails most KL candidates are infinite (NaN here), and a
             # finite candidate between two infinite ones would be invisible as a line alone.
             ax_k.plot(c.x, c.y, color=colour, linewidth=1.0, marker=".", markersize=2.5,
-                      label=c.method)
+                      label=_plain(c.method))
             if math.isfinite(c.chosen_y):
                 ax_k.plot([c.chosen_x], [c.chosen_y], marker="o", color=colour, markersize=5)
         finite = np.concatenate([c.y[np.isfinite(c.y)] for c in data.curves])

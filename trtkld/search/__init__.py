@@ -7,6 +7,7 @@ histogram"``) and dispatches. Methods (fixed order, see ``available_methods``):
 - ``ppq``       PPQ's KL observer (bin count must be a multiple of 128); scale = T / 128.
 - ``nvidia``    GTC 2017 KL procedure, threshold (m + 0.5) * w.
 - ``modelopt``  NVIDIA ModelOpt / pytorch-quantization entropy calibration, amax = i * w.
+  (nvidia / modelopt: at most 16384 bins; too few bins for a candidate -> amax = R.)
 - ``max``       amax = R.
 - ``percentile`` amax at the upper edge of the bin reaching ``percentile`` (default 99.99).
 - ``mse``       minimum squared INT8 error over the bin edges.
@@ -48,8 +49,8 @@ class _Method:
 
 _METHODS = {
     "ppq": _Method(search_ppq, float(QB), takes_name=True, bins_multiple=QB),
-    "nvidia": _Method(search_nvidia, 127.0),
-    "modelopt": _Method(search_modelopt, 127.0),
+    "nvidia": _Method(search_nvidia, 127.0, takes_name=True),
+    "modelopt": _Method(search_modelopt, 127.0, takes_name=True),
     "max": _Method(search_max, 127.0),
     "percentile": _Method(search_percentile, 127.0, ("percentile",), takes_name=True),
     "mse": _Method(search_mse, 127.0),

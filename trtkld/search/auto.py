@@ -60,9 +60,11 @@ def search_auto(counts: np.ndarray, w: float, r: float,
         elif method == "percentile":
             results[method] = search_percentile(half, w_half, r, percentile=percentile,
                                                 name=name)
+        elif method in ("nvidia", "modelopt"):
+            func = search_nvidia if method == "nvidia" else search_modelopt
+            results[method] = func(half, w_half, r, name=name)
         else:
-            func = {"max": search_max, "nvidia": search_nvidia, "modelopt": search_modelopt,
-                    "mse": search_mse}[method]
+            func = search_max if method == "max" else search_mse
             results[method] = func(half, w_half, r)
     scores = {m: histogram_sqnr_db(counts, w, res.amax, float(res.scale))
               for m, res in results.items()}

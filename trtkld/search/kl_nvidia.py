@@ -31,12 +31,14 @@ from functools import lru_cache
 
 import numpy as np
 
+from trtkld.errors import SearchError
 from trtkld.search.result import SearchResult, clipped_fraction, to_scale
 
 LEVELS = 128
+MAX_BINS = 16384   # the dense (start, width) table grows as B**2 / 128 (~230 MB peak here)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def _layout(first: int, last: int) -> tuple[np.ndarray, int]:
     """Level geometry of candidates ``first..last`` (depends on the bin counts only).
 
@@ -125,13 +127,22 @@ def kl_divergences(h: np.ndarray, first: int, last: int) -> np.ndarray:
     return kl
 
 
-def search_nvidia(counts: np.ndarray, w: float, r: float) -> SearchResult:
+def _check_bins(method: str, b: int, name: str | None) -> None:
+    if b > MAX_BINS:
+        where = f"tensor {name!r}: " if name else ""
+        raise SearchError(f"{where}{method} supports at most {MAX_BINS} bins (memory grows as "
+                          f"bins**2), found {b}; collect fewer bins or rebin")
+
+
+def search_nvidia(counts: np.ndarray, w: float, r: float, name: str | None = None
+                  ) -> SearchResult:
     """GTC 2017: ``i in 128..B-1``, first minimum ``m``, threshold ``(m + 0.5) * w``.
 
     With ``B <= 128`` there is no candidate: the threshold falls back to ``R`` (max) and
     ``fallback`` says so.
     """
     b = counts.size
+    _check_bins("nvidia", b, name)
     cand = np.arange(LEVELS, b, dtype=np.int64)
     if cand.size == 0:
         return _no_candidate("nvidia", counts, w, r)
@@ -144,13 +155,15 @@ def search_nvidia(counts: np.ndarray, w: float, r: float) -> SearchResult:
                         candidates=cand, divergences=kl)
 
 
-def search_modelopt(counts: np.ndarray, w: float, r: float) -> SearchResult:
+def search_modelopt(counts: np.ndarray, w: float, r: float, name: str | None = None
+                    ) -> SearchResult:
     """ModelOpt: ``h[0] = h[1]``, ``i in 128..B``, last minimum, ``amax = i * w``.
 
     A candidate whose Q has no mass is infinite (not NaN); all infinite gives ``i = B``.
     With ``B < 128`` there is no candidate: ``amax = R`` and ``fallback`` says so.
     """
     b = counts.size
+    _check_bins("modelopt", b, name)
     cand = np.arange(LEVELS, b + 1, dtype=np.int64)
     if cand.size == 0:
         return _no_candidate("modelopt", counts, w, r)

@@ -331,8 +331,8 @@ def network_tensor_names(network: Any, *, float_only: bool = True) -> list[str]:
     return names
 
 
-def _calibration_profile(
-    trt: Any, builder: Any, network: Any, shapes: Mapping[str, Sequence[int]]
+def calibration_profile(
+    builder: Any, network: Any, shapes: Mapping[str, Sequence[int]]
 ) -> Optional[Any]:
     """A profile when any input has a runtime dimension: opt = max = ``shapes`` (the
     calibration shape the calibrator's buffers hold), min = the same with a runtime batch
@@ -383,7 +383,7 @@ def build_int8_engine(
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     config.int8_calibrator = calibrator
-    profile = _calibration_profile(trt, builder, network, calibration_shapes)
+    profile = calibration_profile(builder, network, calibration_shapes)
     if profile is not None:
         config.add_optimization_profile(profile)
         config.set_calibration_profile(profile)

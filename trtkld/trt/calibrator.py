@@ -35,8 +35,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trtkld.cache import sidecar as cachemeta
 from trtkld.errors import DataError, TrtkldError
-from trtkld.trt import cachemeta
 from trtkld.trt.device import DeviceBackend, InputBuffers
 
 log = logging.getLogger("trtkld.trt")
@@ -117,6 +117,9 @@ class KLDCalibrator:
         device_backend: a :class:`~trtkld.trt.device.DeviceBackend` (default: pycuda, created
             on first use and closed by :meth:`close`; an injected one is left open).
         batch_size: batch size when ``data`` is a source.
+        preprocess: image options when ``data`` is an image folder: a
+            :class:`trtkld.data.PreprocessOptions` or a preset name (``"imagenet"``,
+            ``"caffe"``, ...); default: resolved from the model input (ImageNet for float).
         search_options: extra keyword options for the search (recorded in the sidecar).
         include, exclude: tensor names/regexes to calibrate (as ``trtkld calibrate``).
         tensorrt_cache_file: where TensorRT's own cache goes (default ``model.tensorrt.cache``).
@@ -149,6 +152,7 @@ class KLDCalibrator:
         trt_version: Optional[str] = None,
         device_backend: Optional[DeviceBackend] = None,
         batch_size: Optional[int] = None,
+        preprocess: Any = None,
         search_options: Optional[Mapping[str, Any]] = None,
         include: Optional[Sequence[str]] = None,
         exclude: Optional[Sequence[str]] = None,
@@ -195,6 +199,7 @@ class KLDCalibrator:
         self.force = force
         self.quiet = quiet
         self._batch_size = batch_size
+        self._preprocess = preprocess
         self._data_arg = data
         self._data: Any = None
         self._specs: Optional[list] = None
@@ -263,9 +268,14 @@ class KLDCalibrator:
             if hasattr(data, "specs") and hasattr(data, "__iter__") and hasattr(data, "__len__"):
                 self._data = data
             else:
-                from trtkld.data import open_data
+                from trtkld.data import PreprocessOptions, open_data
 
-                self._data = open_data(data, self._input_specs(), batch_size=self._batch_size)
+                pre = self._preprocess
+                if isinstance(pre, str):
+                    pre = PreprocessOptions.preset(pre)
+                self._data = open_data(
+                    data, self._input_specs(), batch_size=self._batch_size, preprocess=pre
+                )
         return self._data
 
     def calibration_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -280,6 +290,22 @@ class KLDCalibrator:
                 raise DataError("calibration data holds no batch")
             self._calib_shapes = {n: tuple(a.shape) for n, a in first.inputs.items()}
         return dict(self._calib_shapes)
+
+    def set_calibration_profile(self, builder: Any, network: Any, config: Any) -> bool:
+        """Give a network with runtime dimensions its calibration profile; False if static.
+
+        Adds an optimization profile with opt = max = :meth:`calibration_shapes` (what the
+        device buffers hold) and min batch 1, and makes it ``config``'s calibration profile,
+        as TensorRT requires for dynamic shapes. Takes TensorRT's own builder objects.
+        """
+        profile = _backend_module().calibration_profile(
+            builder, network, self.calibration_shapes()
+        )
+        if profile is None:
+            return False
+        config.add_optimization_profile(profile)
+        config.set_calibration_profile(profile)
+        return True
 
     def get_batch_size(self) -> int:
         """Rows per batch (ignored by TensorRT for explicit-batch networks)."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from trtkld._io import atomic_write
 from trtkld._version import __version__
 from trtkld.errors import CacheFormatError
 
@@ -35,20 +35,11 @@ def tensorrt_cache_path(cache_file: PathLike) -> Path:
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace``."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=directory)
+    """Atomic write of ``data`` to ``path``; OS errors become CacheFormatError naming the file."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        atomic_write(path, data)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise CacheFormatError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise CacheFormatError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
 
 
 def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
