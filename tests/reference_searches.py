@@ -66,8 +66,8 @@ def ref_ppq(counts) -> tuple[int, list[float], list[int]]:
 
 
 # ---------------------------------------------------------------- nvidia / modelopt
-def ref_kl_candidate(h: list[int], i: int) -> float:
-    """Natural-log KL(P||Q) for keeping bins 0..i-1 (GTC 2017 / ModelOpt rules)."""
+def ref_p_q(h: list[int], i: int) -> tuple[list[float], list[float]]:
+    """Unnormalised P and Q for keeping bins 0..i-1 (GTC 2017 / ModelOpt rules)."""
     p = [float(x) for x in h[:i]]
     p[i - 1] += float(sum(h[i:]))
     level = (np.digitize(np.arange(i), np.linspace(0, i, QB + 1)) - 1).tolist()
@@ -81,6 +81,12 @@ def ref_kl_candidate(h: list[int], i: int) -> float:
     for j in range(i):
         if h[j] > 0:
             q[j] = level_sum[level[j]] / level_nonzero[level[j]]
+    return p, q
+
+
+def ref_kl_candidate(h: list[int], i: int) -> float:
+    """Natural-log KL(P||Q) after normalising both; inf where P > 0 and Q == 0."""
+    p, q = ref_p_q(h, i)
     p_total, q_total = sum(p), sum(q)
     if q_total == 0:
         return math.inf                            # Q without mass: infinite, never NaN

@@ -294,6 +294,9 @@ def test_bad_arguments_are_clear_errors(hists, results, tmp_path):
         write_report(hists, results, tmp_path / "r", max_plots=-1)
     with pytest.raises(DataError, match="no search results"):
         write_report(hists, {}, tmp_path / "r")
+    (tmp_path / "file.report").write_text("x")
+    with pytest.raises(DataError, match=r"file\.report.*not a folder"):
+        write_report(hists, results, tmp_path / "file.report")
     stray = {"ppq": {**results["ppq"], "ghost": results["ppq"]["input:0"]}}
     with pytest.raises(DataError, match="'ghost'"):
         write_report(hists, stray, tmp_path / "r")

@@ -23,6 +23,7 @@ from reference_searches import (  # noqa: E402
     random_histograms,
     ref_modelopt,
     ref_nvidia,
+    ref_p_q,
     ref_ppq,
 )
 
@@ -135,6 +136,22 @@ def test_kl_zero_ties_follow_first_and_last_rules():
     assert mo.index == 2048 and mo.amax == 1.0                # last minimum -> R
 
 
+@pytest.mark.parametrize("bins", [256, 512])
+def test_exact_ties_among_many_candidates(bins):
+    # A handful of distinct values: dozens of candidates share the same nonzero KL exactly
+    # (same level grouping). The fast path must reproduce the tie set bit for bit, so the
+    # first/last-minimum rules pick the reference's candidate.
+    counts = np.zeros(bins, dtype=np.int64)
+    counts[[2, 3, 60, 61, 120, 121, 124]] = [5, 9, 7, 3, 11, 2, 4]
+    for method in ("nvidia", "modelopt"):
+        ref_index, ref_kl, cands = REFS[method](counts)
+        res = run_search(method, counts, hist_max=1.0)
+        ref_ties = np.flatnonzero(np.asarray(ref_kl) == ref_kl[cands.index(ref_index)])
+        assert ref_ties.size > 40
+        assert np.array_equal(np.flatnonzero(res.divergences == res.kl), ref_ties)
+        assert not check_against_reference(method, counts, 1.0)
+
+
 def test_every_candidate_infinite():
     # nvidia: all mass in the last bin (a constant tensor): every kept bin i-1 is empty while
     # the tail is not -> all infinite -> m = 128.
@@ -172,6 +189,8 @@ def test_few_bins():
         res = run_search(method, counts, hist_max=2.0)
         assert res.amax == 2.0 and res.index == 64 and res.fallback
         assert res.scale == np.float32(2.0 / 127)
+    with pytest.raises(SearchError, match="at most 16384 bins.*found 16385"):
+        run_search("nvidia", np.ones(16385, dtype=np.int64), hist_max=1.0)
     with pytest.raises(SearchError, match="multiple of 128.*found 64"):
         run_search("ppq", counts, hist_max=2.0)
     with pytest.raises(SearchError, match="multiple of 128.*found 300"):
@@ -200,3 +219,19 @@ def test_ppq_huge_bin_count_never_nan():
     res = run_search("ppq", counts, hist_max=1.0)
     assert res.divergences[0] == np.inf and not np.isnan(res.divergences).any()
     assert res.index > 128 and np.isfinite(res.scale)
+
+
+def test_modelopt_kl_is_scipy_entropy():
+    # ModelOpt scores candidates with scipy.stats.entropy(P, Q); NaN (Q without mass) -> inf.
+    from scipy.stats import entropy
+
+    for _, counts, r in random_histograms(10, 256, seed=71):
+        res = run_search("modelopt", counts, hist_max=r)
+        tweaked = [int(x) for x in counts]
+        tweaked[0] = tweaked[1]
+        for i, kl in zip(res.candidates[::8], res.divergences[::8]):
+            p, q = ref_p_q(tweaked, int(i))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                want = entropy(p, q)
+            want = math.inf if math.isnan(want) else want
+            assert kl == pytest.approx(want, rel=1e-8, abs=1e-12) or kl == want == math.inf

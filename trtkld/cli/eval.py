@@ -94,6 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _method_options(args: argparse.Namespace):
+    """--percentile for the methods that use it (None: the searches' own default), as
+    `trtkld calibrate` passes it."""
+    if args.percentile is None:
+        return None
+    return {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
+
+
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip() and t.strip().lower() != "none"]
 
@@ -161,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         per_channel=not args.per_tensor_weights,
         floor_db=args.floor_db,
         margin_db=args.margin_db,
-        method_options={"percentile": {"percentile": args.percentile}},
+        method_options=_method_options(args),
         peer_memory_budget=int(args.peer_memory_mb * 2**20),
         models_dir=args.keep_models,
         top_tensors=args.top_tensors,

@@ -73,7 +73,7 @@ def _scales(args: argparse.Namespace, model: str):
     methods = parse_methods(args.method, args.default_method)
     if len(methods) != 1:
         raise CLIError(f"--method: qdq writes one model, give one method (found {methods})")
-    method_options = {"percentile": {"percentile": args.percentile}}
+    method_options = _method_options(args)
     if args.from_histograms:
         from trtkld.histogram import HistogramSet
         from trtkld.pipeline import search_histograms
@@ -98,6 +98,14 @@ def _escape(name: str) -> str:
     import re
 
     return re.escape(name)
+
+
+def _method_options(args: argparse.Namespace):
+    """--percentile for the methods that use it (None: the searches' own default), as
+    `trtkld calibrate` passes it."""
+    if args.percentile is None:
+        return None
+    return {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
 
 
 def _split(text: str) -> list[str]:

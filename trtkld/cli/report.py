@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="plot at most N tensors, largest amax spread first; the table always "
                           "lists every tensor (default: 200; 0: no plots)")
     out.add_argument("--dpi", type=int, default=None, help="PNG resolution (default: 72)")
+    out.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     out.add_argument("--disagree-ratio", type=float, default=None, metavar="R",
                      help="flag tensors whose largest/smallest amax differ by more than R "
                           "(default: 2)")
@@ -89,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("report: give exactly one input: MODEL.onnx (with --data), "
                        f"--histograms H.npz, or --demo; found {len(given)}")
     methods = parse_methods(args.method, args.default_method)
-    options = {"percentile": {"percentile": args.percentile}}
+    options: dict = {}
+    if args.percentile is not None:
+        options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
     # Read the eval JSON before the (possibly long) collection so a bad path fails fast.
     eval_table = load_eval(args.eval_json) if args.eval_json else None
 
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         source = Path(model)
         # The report writes no cache, so the cache header version does not matter here.
         hists, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
-                                    method_options=options)
+                                    method_options=options, quiet=args.quiet)
         results = {m: outcomes[m].results for m in methods}
         if args.save_histograms:
             hists.save(args.save_histograms)

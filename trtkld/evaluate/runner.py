@@ -283,7 +283,8 @@ def evaluate_candidates(
             n = next(iter(feeds.values())).shape[0]
             samples += n
             ref = dict(zip(output_names, fp32.run(output_names, feeds)))
-            acts = collector.run(Batch(feeds, tuple(batch.sources))) if collector else {}
+            sources = tuple(batch.sources if rows is None else (batch.sources[i] for i in rows))
+            acts = collector.run(Batch(feeds, sources)) if collector else {}
             for cand in candidates:
                 got = dict(zip(output_names, sessions[cand.name].run(output_names, feeds)))
                 for o in output_names:

@@ -100,8 +100,11 @@ def write_report(
         raise DataError(f"{out}: cannot write the report ({exc})") from exc
 
 
-def _write(hists, results, out: Path, *, eval_table, max_plots, dpi, disagree_ratio, title,
-           meta) -> ReportSummary:
+def _write(
+    hists: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]], out: Path, *,
+    eval_table: Optional[EvalTable], max_plots: Optional[int], dpi: int, disagree_ratio: float,
+    title: str, meta: Optional[Mapping[str, str]],
+) -> ReportSummary:
     methods = list(results)
     rows = build_rows(
         hists, results,

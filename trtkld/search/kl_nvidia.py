@@ -35,6 +35,7 @@ from trtkld.errors import SearchError
 from trtkld.search.result import SearchResult, clipped_fraction, to_scale
 
 LEVELS = 128
+_LEVEL_BLOCK = 8    # levels gathered per block in _sum_levels
 MAX_BINS = 16384   # the dense (start, width) table grows as B**2 / 128 (~230 MB peak here)
 
 
@@ -64,6 +65,23 @@ def level_starts(candidates: np.ndarray, levels: int = LEVELS) -> np.ndarray:
     """
     k = np.arange(levels + 1, dtype=np.int64)
     return (k[None, :] * candidates[:, None] + (levels - 1)) // levels
+
+
+def _sum_levels(table: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``table[flat].sum(axis=0)`` added strictly left to right over the levels.
+
+    Gathered in blocks of ``_LEVEL_BLOCK`` levels into one small reused buffer whose row 0
+    carries the running sum (numpy reduces axis 0 row by row), so no multi-MB temporary is
+    allocated per call (those cost page faults on every call once the allocator maps them).
+    """
+    c = flat.shape[1]
+    buf = np.empty((_LEVEL_BLOCK + 1, c))
+    buf[0] = 0.0
+    for k in range(0, flat.shape[0], _LEVEL_BLOCK):
+        rows = flat[k:k + _LEVEL_BLOCK]
+        np.take(table, rows, out=buf[1:rows.shape[0] + 1])
+        buf[0] = buf[:rows.shape[0] + 1].sum(axis=0)
+    return buf[0].copy()
 
 
 def kl_divergences(h: np.ndarray, first: int, last: int) -> np.ndarray:
@@ -100,7 +118,7 @@ def kl_divergences(h: np.ndarray, first: int, last: int) -> np.ndarray:
     log_n = np.log(np.maximum(n, 1).astype(np.float64))
     g = np.rint(sf * log_s / grid) * grid         # same grid: a one-bin level gives E == 0
     e = ((d - g) + sf * log_n).ravel()
-    sum_e = e[flat].sum(axis=0)                   # level-major: sequential over levels
+    sum_e = _sum_levels(e, flat)
 
     kept = cum_h[cand]                            # M
     tail = total - kept                           # T
