@@ -51,6 +51,9 @@ def run_tasks(tasks: Sequence[Callable[[], T]], sizes: Sequence[int]) -> list[T]
     """
     if len(tasks) < 2 or sum(sizes) < PARALLEL_MIN_ELEMENTS:
         return [t() for t in tasks]
+    # Import (and compile or load) the numba kernels here, once, not racing in two workers.
+    from trtkld.histogram import kernels  # noqa: F401
+
     order = sorted(range(len(tasks)), key=lambda i: -sizes[i])  # largest first: better balance
     pool = _get_executor()
     futures = {i: pool.submit(tasks[i]) for i in order}

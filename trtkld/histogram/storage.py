@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 
 import numpy as np
 
+from trtkld._io import atomic_write
 from trtkld.errors import HistogramError
 from trtkld.histogram.stats import TensorStats
 from trtkld.histogram.tensor import TensorHistogram
@@ -34,7 +34,7 @@ _FLOAT_FIELDS = ("hist_max", "min", "max")
 
 
 def save_histograms(hists: Iterable[TensorHistogram], path: str | os.PathLike) -> None:
-    """Write ``hists`` to ``path`` (exact name, no suffix added): temp file, fsync, os.replace."""
+    """Write ``hists`` to ``path`` (exact name, no suffix added), atomically."""
     items = list(hists.values()) if hasattr(hists, "values") else list(hists)
     arrays = {
         "format": np.array(FORMAT),
@@ -53,25 +53,11 @@ def save_histograms(hists: Iterable[TensorHistogram], path: str | os.PathLike) -
         "num_neginf": np.array([h.num_neginf for h in items], dtype=np.int64),
     }
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+        # temp file in the same directory, fsync, os.replace, fsync the directory
+        atomic_write(target, lambda f: np.savez(f, **arrays))
     except OSError as exc:
         raise HistogramError(f"cannot write histograms to {target!r}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise HistogramError(f"cannot write histograms to {target!r}: {exc}") from exc
-        raise
 
 
 def _bad(path: str, msg: str) -> HistogramError:

@@ -56,7 +56,6 @@ def _scan_checked(x: np.ndarray, num_bins: int, hist_max: float, what: str) -> R
                 f"{what}: hist_max is 0 (pass 1 saw only zeros or no finite values) but this "
                 f"data has |x| up to {absmax!r}; pass-1 and pass-2 data differ"
             )
-        raw = raw._replace(counts=None)
     return raw
 
 
@@ -71,7 +70,13 @@ def abs_histogram(x: np.ndarray, num_bins: int, hist_max: float) -> np.ndarray:
     num_bins = check_bins(num_bins, "abs_histogram")
     arr = as_float_array(x, "abs_histogram input")
     raw = _scan_checked(arr, num_bins, hist_max, "abs_histogram")
-    return np.zeros(num_bins, np.int64) if raw.counts is None else raw.counts.copy()
+    if raw.counts is None:  # hist_max == 0
+        return np.zeros(num_bins, np.int64)
+    from trtkld.histogram.kernels import release
+
+    counts = raw.counts.copy()
+    release(raw)
+    return counts
 
 
 class TensorHistogram:
