@@ -410,7 +410,6 @@ def test_tensorrt_cache_file_may_not_be_ours(fake_trt, data, model, tmp_path):
 def test_demo_model_on_calib_data(fake_trt, tmp_path):
     """The real demo model and images: the cache covers the same tensors as the pipeline's."""
     from trtkld import demo
-    from trtkld.data import PreprocessOptions
 
     model_path = str(demo.demo_model_path())
     files = sorted(demo.DEMO_CALIB_DIR.glob("*.jpg"))[:4]
@@ -420,13 +419,13 @@ def test_demo_model_on_calib_data(fake_trt, tmp_path):
         (folder / f.name).write_bytes(f.read_bytes())
     specs = input_specs_from_onnx(model_path)
     data = open_data(
-        str(folder), specs, batch_size=2, preprocess=PreprocessOptions.preset(demo.DEMO_PRESET)
+        str(folder), specs, batch_size=2, preprocess=demo.preprocess_options(demo.DEMO_PREPROCESS)
     )
     backend = HostBufferBackend()
     # The calibrator opens the folder itself (a source, as `trtkld calibrate --data` takes).
     with _calib(
         str(folder), model_path, tmp_path / "demo.cache", device_backend=backend,
-        batch_size=2, preprocess=demo.DEMO_PRESET,
+        batch_size=2, preprocess=demo.preprocess_options(demo.DEMO_PREPROCESS),
     ) as calib:
         got = calib.read_calibration_cache()
         assert got == _expected_cache_bytes(model_path, data, "ppq", TRT_VERSION)

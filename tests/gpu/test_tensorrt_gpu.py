@@ -48,14 +48,14 @@ def backend():
 @pytest.fixture(scope="module")
 def demo():
     from trtkld import demo as demo_mod
-    from trtkld.data import PreprocessOptions, input_specs_from_onnx, open_data
+    from trtkld.data import input_specs_from_onnx, open_data
 
     model = str(demo_mod.demo_model_path())
     data = open_data(
         str(demo_mod.DEMO_CALIB_DIR),
         input_specs_from_onnx(model),
         batch_size=4,
-        preprocess=PreprocessOptions.preset(demo_mod.DEMO_PRESET),
+        preprocess=demo_mod.preprocess_options(demo_mod.DEMO_PREPROCESS),
     )
     return model, data
 
