@@ -1,11 +1,11 @@
-"""End-to-end `calibrate` time on the demo model against inference alone and ORT's calibrator.
+"""End-to-end `calibrate` time on a real model against inference alone and ORT's calibrator.
 
 Prints, measured in the same run on the same 64 inputs:
   (a)  plain FP32 inference passes (ORT, default optimisations), once and twice;
   (a') the instrumented inference passes trtkld itself runs (every float tensor exposed);
   (b)  ONNX Runtime's quantize_static with CalibrationMethod.Entropy;
   trtkld calibrate (two passes, pass-1 activations kept in memory) and with the model run twice;
-and the ratios. Usage: python bench/calibrate.py [--inputs 64] [--batch-size 8]
+and the ratios. Usage: python bench/calibrate.py [--model demo|nsfw] [--inputs 64] [--batch-size 8]
 """
 from __future__ import annotations
 
@@ -17,18 +17,28 @@ from pathlib import Path
 import numpy as np
 
 
-def _inputs(n: int) -> np.ndarray:
-    """``n`` preprocessed demo inputs: calib_data images, then flipped/shifted variants."""
-    from trtkld.data import input_specs_from_onnx, open_data
-    from trtkld.demo import DEMO_CALIB_DIR, DEMO_PREPROCESS, demo_model_path, preprocess_options
+def _model(name: str):
+    """(model path, input name, preprocessing) of a bundled real model."""
+    from trtkld import demo
 
-    specs = input_specs_from_onnx(demo_model_path())
+    if name == "demo":
+        return str(demo.demo_model_path()), "x", demo.DEMO_PREPROCESS
+    return str(demo.nsfw_model_path()), "input:0", demo.NSFW_PREPROCESS
+
+
+def _inputs(model: str, input_name: str, preprocess: dict, n: int) -> np.ndarray:
+    """``n`` preprocessed inputs: calib_data images, then flipped/shifted variants."""
+    from trtkld.data import input_specs_from_onnx, open_data
+    from trtkld.demo import DEMO_CALIB_DIR, preprocess_options
+
+    specs = input_specs_from_onnx(model)
     data = open_data(
-        str(DEMO_CALIB_DIR), specs, batch_size=1, preprocess=preprocess_options(DEMO_PREPROCESS)
+        str(DEMO_CALIB_DIR), specs, batch_size=1, preprocess=preprocess_options(preprocess)
     )
-    base = np.concatenate([b.inputs["x"] for b in data])
-    variants = [base, base[..., ::-1], base[..., ::-1, :], np.roll(base, 17, axis=-1)]
-    variants += [np.roll(base, 31, axis=-2), np.roll(base[..., ::-1], 9, axis=-2)]
+    base = np.concatenate([b.inputs[input_name] for b in data])
+    h_axis, w_axis = (1, 2) if base.shape[-1] == 3 else (2, 3)
+    variants = [base, np.flip(base, w_axis), np.flip(base, h_axis), np.roll(base, 17, w_axis)]
+    variants += [np.roll(base, 31, h_axis), np.roll(np.flip(base, w_axis), 9, h_axis)]
     return np.ascontiguousarray(np.concatenate(variants)[:n])
 
 
@@ -46,20 +56,20 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2, help="best of N for each timing")
+    parser.add_argument("--model", choices=["demo", "nsfw"], default="demo")
     args = parser.parse_args()
 
     import onnxruntime as ort
 
     from trtkld.collect import OnnxRuntimeCollector
     from trtkld.data import input_specs_from_onnx, open_data
-    from trtkld.demo import demo_model_path
     from trtkld.pipeline import calibrate
 
-    model = str(demo_model_path())
-    x = _inputs(args.inputs)
+    model, input_name, preprocess = _model(args.model)
+    x = _inputs(model, input_name, preprocess, args.inputs)
     bs = args.batch_size
     batches = [x[i : i + bs] for i in range(0, len(x), bs)]
-    print(f"demo model {Path(model).name}, {len(x)} inputs, batch {bs}, best of {args.repeat}")
+    print(f"model {Path(model).name}, {len(x)} inputs, batch {bs}, best of {args.repeat}")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "npy"
@@ -73,7 +83,7 @@ def main() -> None:
 
         def plain_pass():
             for b in batches:
-                session.run(None, {"x": b})
+                session.run(None, {input_name: b})
 
         collector = OnnxRuntimeCollector(model)
 
@@ -106,7 +116,7 @@ def main() -> None:
 
                 def get_next(self):
                     b = next(self._it, None)
-                    return None if b is None else {"x": b}
+                    return None if b is None else {input_name: b}
 
             quantize_static(
                 model, str(Path(tmp) / "ort_entropy.onnx"), Reader(),

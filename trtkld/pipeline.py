@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of pass-1 activations kept to skip the second model pass
+DEFAULT_MEMORY_BUDGET = 0  # bytes of pass-1 activations kept to skip the second model pass
 
 
 @dataclass
