@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trt_cache_fixtures import find_trt_cache_fixtures
 
 from trtkld.cache import (
     DEFAULT_TRT_VERSION,
@@ -36,27 +37,9 @@ FIXTURES = {
 }
 
 
-def find_trt_cache_fixtures() -> Path:
-    """tests/fixtures/trt_caches if vendored, else shared/ beside the repository clone."""
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parent / "fixtures" / "trt_caches",
-        here.parents[2] / "shared" / "fixtures" / "trt_caches",
-    ]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in FIXTURES):
-            return folder
-    pytest.fail(
-        "TensorRT cache fixtures not found: expected " + ", ".join(sorted(FIXTURES))
-        + " in one of: " + ", ".join(str(c) for c in candidates)
-        + " (clone the project so that shared/ sits beside the repository folder, or vendor "
-        "the files into tests/fixtures/trt_caches)"
-    )
-
-
 @pytest.fixture(scope="module")
 def fixture_dir() -> Path:
-    return find_trt_cache_fixtures()
+    return find_trt_cache_fixtures(FIXTURES)
 
 
 def reference_read(data: bytes) -> tuple[str, list[tuple[str, int]]]:

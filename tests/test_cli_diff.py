@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_cache_fixtures import find_trt_cache_fixtures
 
 from trtkld.cache import CalibrationCache, diff_caches, parse_cache, write_cache
 from trtkld.cli.main import main
@@ -23,27 +24,9 @@ FIXTURE_NAMES = (
 )
 
 
-def find_trt_cache_fixtures() -> Path:
-    """tests/fixtures/trt_caches if vendored, else shared/ beside the repository clone."""
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parent / "fixtures" / "trt_caches",
-        here.parents[2] / "shared" / "fixtures" / "trt_caches",
-    ]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in FIXTURE_NAMES):
-            return folder
-    pytest.fail(
-        "TensorRT cache fixtures not found: expected " + ", ".join(FIXTURE_NAMES)
-        + " in one of: " + ", ".join(str(c) for c in candidates)
-        + " (clone the project so that shared/ sits beside the repository folder, or vendor "
-        "the files into tests/fixtures/trt_caches)"
-    )
-
-
 @pytest.fixture(scope="module")
 def fixtures() -> Path:
-    return find_trt_cache_fixtures()
+    return find_trt_cache_fixtures(FIXTURE_NAMES)
 
 
 def read_plain(path: Path) -> tuple[str, dict[str, int]]:
