@@ -40,12 +40,24 @@ class CalibrationOutcome:
     cache: CalibrationCache
 
 
-def _progress(iterable, *, total: Optional[int], desc: str, quiet: bool, unit: str = "batch"):
+def _progress(batches, *, data: CalibrationData, desc: str, quiet: bool):
+    """Yield ``batches`` (pairs of (batch, item)) while a tqdm bar counts images: images/s, ETA."""
     if quiet:
-        return iterable
+        yield from batches
+        return
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    with tqdm(total=data.num_samples, desc=desc, unit="img", dynamic_ncols=True,
+              leave=False) as bar:
+        for batch, item in batches:
+            yield batch, item
+            # a padded last batch repeats samples; the bar counts real images only
+            bar.update(min(_batch_size(batch), bar.total - bar.n))
+
+
+def _batch_size(batch) -> int:
+    first = next(iter(batch.inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def bins_for_methods(methods: Sequence[str]) -> int:
@@ -103,21 +115,23 @@ def collect_histograms(
         hists = HistogramSet.from_absmax(
             {n: float(hist_max[n]) for n in collector.tensor_names}, num_bins
         )
-        for batch in _progress(data, total=len(data), desc="histograms", quiet=quiet):
-            hists.update_many(collector.run(batch))
+        for _, activations in _progress(
+            ((b, collector.run(b)) for b in data), data=data, desc="histograms", quiet=quiet
+        ):
+            hists.update_many(activations)
         _warn_nonfinite(hists)
         return hists
 
     tracker = AbsmaxTracker(collector.tensor_names)
-    kept: Optional[list[dict[str, np.ndarray]]] = []
+    kept: Optional[list[tuple[object, dict[str, np.ndarray]]]] = []
     kept_bytes = 0
-    for batch in _progress(data, total=len(data), desc="pass 1/2 (absmax)", quiet=quiet):
-        activations = collector.run(batch)
+    pass1 = ((b, collector.run(b)) for b in data)
+    for batch, activations in _progress(pass1, data=data, desc="pass 1/2 (absmax)", quiet=quiet):
         tracker.update_many(activations)
         if kept is not None:
             kept_bytes += sum(v.nbytes for v in activations.values())
             if kept_bytes <= memory_budget_bytes:
-                kept.append(activations)
+                kept.append((batch, activations))
             else:
                 if memory_budget_bytes > 0:
                     logger.info(
@@ -130,12 +144,10 @@ def collect_histograms(
     names = [n for n in collector.tensor_names if n in tracker]
     hists = HistogramSet.from_absmax({n: tracker[n] for n in names}, num_bins)
     if kept is not None:
-        batches = kept
-        total = len(kept)
+        pass2 = iter(kept)
     else:
-        batches = (collector.run(batch) for batch in data)
-        total = len(data)
-    for activations in _progress(batches, total=total, desc="pass 2/2 (histograms)", quiet=quiet):
+        pass2 = ((b, collector.run(b)) for b in data)
+    for _, activations in _progress(pass2, data=data, desc="pass 2/2 (histograms)", quiet=quiet):
         hists.update_many({n: activations[n] for n in names})
     _warn_nonfinite(hists)
     return hists
