@@ -335,11 +335,11 @@ def test_calibrator_with_the_tensorrt_collector(monkeypatch, tmp_path, caplog):
     import logging
 
     from trtkld.pipeline import calibrate
-    from trtkld.trt import _backend
+    from trtkld.trt import engine
     from trtkld.trt.calibrator import KLDCalibrator
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.9.0"))
-    monkeypatch.setattr(_backend, "TensorRTEngineRunner", OrtHostRunner)
+    monkeypatch.setattr(engine, "TensorRTEngineRunner", OrtHostRunner)
     model = _tiny_model(tmp_path / "tiny.onnx")
     folder = tmp_path / "npy"
     folder.mkdir()

@@ -130,14 +130,14 @@ def test_tensorrt_collector_equals_cpu_histograms_of_the_same_values(backend, de
 
 
 def _build(model, data, cache, method, backend, **kw):
-    from trtkld.trt import _backend
+    from trtkld.trt import engine
     from trtkld.trt.calibrator import KLDCalibrator
 
     calib = KLDCalibrator(
         data, method, cache, model, device_backend=backend, quiet=True, **kw
     )
     with calib:
-        plan, names = _backend.build_int8_engine(
+        plan, names = engine.build_int8_engine(
             model, calib, calibration_shapes=calib.calibration_shapes()
         )
         calib.check()
@@ -147,7 +147,7 @@ def _build(model, data, cache, method, backend, **kw):
 def _top1_agreement(model, data, plan, backend) -> float:
     import onnxruntime as ort
 
-    from trtkld.trt._backend import EngineSession
+    from trtkld.trt.engine import EngineSession
 
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     engine = EngineSession(plan, backend)

@@ -114,7 +114,7 @@ def _static_shapes(model: str) -> dict[str, tuple[int, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.trt import _backend
+    from trtkld.trt import _backend, engine as trt_engine
 
     trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
     if args.demo or args.data or args.data_loader:
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         if args.method != "tensorrt":
             calib.prepare()  # outside TensorRT's callback: errors surface directly
         shapes = calib.calibration_shapes() if data is not None else _static_shapes(model)
-        plan, tensor_names = _backend.build_int8_engine(
+        plan, tensor_names = trt_engine.build_int8_engine(
             model, calib, calibration_shapes=shapes, fp16=args.fp16,
             workspace_bytes=args.workspace_mb * 2**20 if args.workspace_mb else None,
         )

@@ -55,6 +55,12 @@ def _backend_module():
     return _backend
 
 
+def _engine_module():
+    from trtkld.trt import engine
+
+    return engine
+
+
 def algorithm_of_base(base: type) -> str:
     """Cache header algorithm for a calibrator base class, from the TensorRT class in its MRO."""
     table = _backend_module().CALIBRATOR_ALGORITHMS
@@ -298,7 +304,7 @@ class KLDCalibrator:
         device buffers hold) and min batch 1, and makes it ``config``'s calibration profile,
         as TensorRT requires for dynamic shapes. Takes TensorRT's own builder objects.
         """
-        profile = _backend_module().calibration_profile(
+        profile = _engine_module().calibration_profile(
             builder, network, self.calibration_shapes()
         )
         if profile is None:

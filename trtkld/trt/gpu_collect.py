@@ -9,7 +9,7 @@ Two passes over the data, as the CPU pipeline does:
 
 The engine runner and the device backend are injected (:class:`EngineRunner`,
 :class:`~trtkld.trt.device.DeviceBackend`): the real ones are
-:class:`trtkld.trt._backend.TensorRTEngineRunner` and ``PycudaBackend``; CPU tests drive the same
+:class:`trtkld.trt.engine.TensorRTEngineRunner` and ``PycudaBackend``; CPU tests drive the same
 code with host buffers. Integer counters and max-reductions do not depend on launch order, so
 the result is deterministic and equals the CPU histogram of the same values exactly.
 """
@@ -115,7 +115,7 @@ def collect_histograms_tensorrt(
     on_tensor: test hook, called in pass 2 with a host copy of every tensor (slow).
     """
     if runner_factory is None:
-        from trtkld.trt._backend import TensorRTEngineRunner
+        from trtkld.trt.engine import TensorRTEngineRunner
 
         runner_factory = TensorRTEngineRunner
     first = next(iter(data), None)
