@@ -114,7 +114,8 @@ def _static_shapes(model: str) -> dict[str, tuple[int, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.trt import _backend, engine as trt_engine
+    from trtkld.trt import _backend
+    from trtkld.trt import engine as trt_engine
 
     trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
     if args.demo or args.data or args.data_loader:
