@@ -36,9 +36,8 @@ WORKDIR /workspace/trtkld
 RUN python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorrt') is None)" \
     || { echo "the base image has no 'tensorrt' Python package" >&2; exit 1; }
 
-# Build context is the repository root. The cache tests need the TensorRT cache fixtures: they
-# look in tests/fixtures/trt_caches first and then in ../shared/fixtures/trt_caches, which lies
-# outside this context, so the fixtures must be vendored into tests/fixtures/trt_caches.
+# Build context is the repository root; the TensorRT cache fixtures the cache tests need are
+# vendored in tests/fixtures/trt_caches (../shared lies outside the build context).
 COPY . .
 
 RUN python3 -m pip install -e ".[tensorrt,test,demo]" \
