@@ -237,3 +237,43 @@ def test_wrong_image_size_for_fixed_shape_model_names_input_and_file(tmp_path, c
     assert main(["calibrate", "--demo", "--data", str(bad), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "'x'" in err and "one.npy" in err and "224" in err and "200" in err
+
+
+def test_guard_warns_and_strict_refuses_to_write(tmp_path, caplog, capsys):
+    out = tmp_path / "g.cache"
+    base = ["calibrate", "--demo", "--method", "nvidia", "--out", str(out), "-q",
+            "--table", "none", "--trt-version", "10.9.0"]
+    assert main(base) == 0
+    assert "guard: nvidia:" in caplog.text and "clips" in caplog.text
+    # the same thresholds are accepted when the limits are loose enough
+    caplog.clear()
+    assert main(base + ["--guard-clipped", "1", "--guard-sqnr-drop", "1000"]) == 0
+    assert "guard:" not in caplog.text
+    out.unlink()
+    assert main(base + ["--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "guard: nvidia:" in err and "--strict: no cache written" in err
+    assert not out.exists()
+
+
+def test_guard_results_match_the_search_guard(tmp_path):
+    from trtkld.pipeline import guard_results
+    from trtkld.search import guard_findings
+
+    model = _tiny_model(tmp_path / "tiny.onnx", with_nan=True)
+    folder, _ = _npy_data(tmp_path, n=4)
+    data = open_data(str(folder), input_specs_from_onnx(model))
+    hists, outcomes = calibrate(model, data, ["percentile"], trt_version="10.9.0", quiet=True,
+                                method_options={"percentile": {"percentile": 90.0}},
+                                guard_limits={"max_clipped_fraction": 0.05})
+    outcome = outcomes["percentile"]
+    flagged = outcome.findings
+    assert flagged == guard_results(hists, outcome.results, max_clipped_fraction=0.05)
+    assert "zeros" not in flagged  # the all-zero fallback is deliberate, not a finding
+    for name, found in flagged.items():
+        direct = guard_findings(hists[name].counts, hists[name].bin_width,
+                                outcome.results[name], max_clipped_fraction=0.05, name=name)
+        assert [f.message for f in found] == [f.message for f in direct if f.kind != "fallback"]
+    # keeping 90% of |x| clips about 10% of every tensor with a spread of values
+    assert {"x", "mm", "relu", "y"} <= set(flagged)
+    assert all(any(f.kind == "clipped" for f in flagged[n]) for n in ("x", "mm", "y"))

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import numpy as np
@@ -22,7 +22,14 @@ from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import CalibrationData
 from trtkld.errors import HistogramError, SearchError
 from trtkld.histogram import AbsmaxTracker, HistogramSet
-from trtkld.search import DEFAULT_BINS, SearchResult, available_methods, run_search
+from trtkld.search import (
+    DEFAULT_BINS,
+    GuardFinding,
+    SearchResult,
+    available_methods,
+    guard_findings,
+    run_search,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +40,13 @@ DEFAULT_MEMORY_BUDGET = 0  # bytes of pass-1 activations kept to skip the second
 
 @dataclass
 class CalibrationOutcome:
-    """One method's thresholds for every tensor, and the cache they make."""
+    """One method's thresholds for every tensor, the cache they make, and the guard's findings
+    (tensor name -> problems; only tensors with a problem are listed)."""
 
     method: str
     results: dict[str, SearchResult]
     cache: CalibrationCache
+    findings: dict[str, list[GuardFinding]] = field(default_factory=dict)
 
 
 def _progress(batches, *, data: CalibrationData, desc: str, quiet: bool):
@@ -224,6 +233,38 @@ def search_histograms(
     return results
 
 
+def guard_results(
+    hists: HistogramSet,
+    results: Mapping[str, SearchResult],
+    *,
+    max_clipped_fraction: Optional[float] = None,
+    max_sqnr_drop_db: Optional[float] = None,
+) -> dict[str, list[GuardFinding]]:
+    """Tensors whose threshold clips too much mass or loses too much histogram SQNR vs ``max``.
+
+    Deliberate all-zero fallbacks are not findings. Limits default to the search package's
+    (``trtkld.search.quality``). Returns only the tensors with findings, in ``hists`` order.
+    """
+    limits = {}
+    if max_clipped_fraction is not None:
+        limits["max_clipped_fraction"] = max_clipped_fraction
+    if max_sqnr_drop_db is not None:
+        limits["max_sqnr_drop_db"] = max_sqnr_drop_db
+    flagged: dict[str, list[GuardFinding]] = {}
+    for name, hist in hists.items():
+        result = results.get(name)
+        if result is None or hist.hist_max == 0:
+            continue
+        found = [
+            f
+            for f in guard_findings(hist.counts, hist.bin_width, result, name=name, **limits)
+            if f.kind != "fallback"
+        ]
+        if found:
+            flagged[name] = found
+    return flagged
+
+
 def results_to_cache(
     results: Mapping[str, SearchResult],
     *,
@@ -251,8 +292,12 @@ def calibrate(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
     hist_max: Optional[Mapping[str, float]] = None,
+    guard_limits: Optional[Mapping[str, float]] = None,
 ) -> tuple[HistogramSet, dict[str, CalibrationOutcome]]:
-    """Collect histograms once (unless given) and search them with every method in ``methods``."""
+    """Collect histograms once (unless given) and search them with every method in ``methods``.
+
+    Each outcome carries the guard's findings (:func:`guard_results` with ``guard_limits``).
+    """
     override_methods = list((method_overrides or {}).values())
     num_bins = bins_for_methods(list(methods) + override_methods)
     if histograms is None:
@@ -272,5 +317,6 @@ def calibrate(
             histograms, method, method_overrides=method_overrides, method_options=method_options
         )
         cache = results_to_cache(results, trt_version=trt_version, algorithm=algorithm)
-        outcomes[method] = CalibrationOutcome(method=method, results=results, cache=cache)
+        findings = guard_results(histograms, results, **dict(guard_limits or {}))
+        outcomes[method] = CalibrationOutcome(method, results, cache, findings)
     return histograms, outcomes

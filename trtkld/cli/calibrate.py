@@ -16,7 +16,8 @@ from trtkld.cli.common import (
     parse_methods,
     resolve_trt_version,
 )
-from trtkld.cli.summary import format_summary
+from trtkld.cli.summary import format_guard, format_summary
+from trtkld.errors import TrtkldError
 
 logger = logging.getLogger("trtkld.calibrate")
 
@@ -124,8 +125,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
+    guard = parser.add_argument_group(
+        "guard",
+        "After the search, tensors whose threshold clips too much of the mass or whose "
+        "histogram SQNR falls far below plain max calibration are listed as a warning.",
+    )
+    guard.add_argument(
+        "--guard-clipped",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="flag thresholds clipping more than this share of values (default: %(default)s)",
+    )
+    guard.add_argument(
+        "--guard-sqnr-drop",
+        type=float,
+        default=6.0,
+        metavar="DB",
+        help="flag thresholds whose histogram SQNR is more than DB below max calibration's "
+        "(default: %(default)s)",
+    )
+    guard.add_argument(
+        "--strict",
+        action="store_true",
+        help="make guard findings an error: no cache is written",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
+
+
+class GuardError(TrtkldError):
+    """``--strict`` and the guard flagged thresholds."""
 
 
 def _parse_overrides(values: Optional[Sequence[str]]) -> dict[str, str]:
@@ -202,12 +232,21 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=budget,
         method_options=method_options,
         hist_max=hist_max,
+        guard_limits={
+            "max_clipped_fraction": args.guard_clipped,
+            "max_sqnr_drop_db": args.guard_sqnr_drop,
+        },
     )
     if args.save_histograms:
         histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
     if args.table != "none":
         print(format_summary(histograms, outcomes, limit=None if args.table == "full" else 40))
+    flagged = format_guard(outcomes)
+    if flagged:
+        if args.strict:
+            raise GuardError(f"{flagged}\n--strict: no cache written")
+        logger.warning("%s", flagged)
     for method, outcome in outcomes.items():
         write_cache(outcome.cache, outputs[method])
         _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)

@@ -96,3 +96,21 @@ def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optiona
         footer += f"; {flagged} where methods disagree by more than {DISAGREEMENT_RATIO:g}x"
     lines.append(footer)
     return "\n".join(lines)
+
+
+def format_guard(outcomes: Mapping[str, object], *, per_method: int = 10) -> str:
+    """The guard's findings as text ('' when there are none): per method, the flagged tensors
+    (the ``per_method`` worst shown) and what each broke."""
+    blocks = []
+    for method, outcome in outcomes.items():
+        findings = getattr(outcome, "findings", {})
+        if not findings:
+            continue
+        ranked = sorted(findings.items(), key=lambda kv: -max(f.value for f in kv[1]))
+        lines = [f"guard: {method}: {len(findings)} tensor(s) flagged"]
+        for _name, found in ranked[:per_method]:
+            lines.extend(f"  {f.message}" for f in found)
+        if len(ranked) > per_method:
+            lines.append(f"  ... and {len(ranked) - per_method} more")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
