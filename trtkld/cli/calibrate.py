@@ -150,6 +150,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="make guard findings an error: no cache is written",
     )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="with --method auto: refine auto's per-tensor methods by the model's output SQNR "
+        "on calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ "
+        "placement of trtkld qdq); the refined cache replaces auto's",
+    )
+    parser.add_argument("--refine-tensors", type=int, default=16, metavar="K",
+                        help="tensors refined (most disagreeing first; 0 = all) "
+                        "(default: %(default)s)")
+    parser.add_argument("--refine-sweeps", type=int, default=2,
+                        help="coordinate-descent sweeps (default: %(default)s)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -193,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args.method, args.default_method)
     overrides = _parse_overrides(args.tensor_method)
+    refine = _refine_options(args, methods)
     trt_version = resolve_trt_version(args.trt_version)
 
     histograms = None
@@ -237,6 +250,13 @@ def run(args: argparse.Namespace) -> int:
             "max_sqnr_drop_db": args.guard_sqnr_drop,
         },
     )
+    if refine is not None:
+        outcomes["auto"] = _refined_auto(model, data, histograms, refine, method_options,
+                                         trt_version, args)
+        method_options = dict(method_options)
+        method_options["auto"] = {**method_options.get("auto", {}), "refine": {
+            "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
+            "min_gain_db": refine.min_gain_db, "folds": refine.folds}}
     if args.save_histograms:
         histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
@@ -252,6 +272,36 @@ def run(args: argparse.Namespace) -> int:
         _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
         print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
     return 0
+
+
+def _refine_options(args: argparse.Namespace, methods: list[str]):
+    if not args.refine:
+        return None
+    from trtkld.evaluate.refine import RefineOptions
+
+    if "auto" not in methods:
+        raise CLIError(f"--refine refines auto; add auto to --method (found {','.join(methods)})")
+    if args.from_histograms:
+        raise CLIError("--refine runs the model on the calibration data; it cannot start from "
+                       "--from-histograms")
+    if args.tensor_method:
+        raise CLIError("--refine chooses the method of each tensor itself; drop --tensor-method")
+    try:
+        return RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _refined_auto(model, data, histograms, refine, method_options, trt_version, args):
+    """auto's outcome with its per-tensor methods refined (trtkld.evaluate.refine)."""
+    from trtkld.evaluate.refine import materialize, refine_auto
+    from trtkld.pipeline import CalibrationOutcome, results_to_cache
+
+    refined = refine_auto(model, materialize(data), histograms, method_options=method_options,
+                          options=refine, quiet=args.quiet)
+    print(f"auto refined: {refined.describe()}")
+    cache = results_to_cache(refined.results, trt_version=trt_version, algorithm=args.algorithm)
+    return CalibrationOutcome(method="auto", results=refined.results, cache=cache)
 
 
 def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:

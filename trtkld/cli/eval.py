@@ -23,6 +23,9 @@ examples:
   # the open-nsfw ResNet-50 (caffe preprocessing, NHWC, BGR) on the same folders
   trtkld eval --model-preset nsfw
 
+  # also refine auto on held-out calibration samples (adds the auto+refine row)
+  trtkld eval --demo --refine
+
   # your model; fail (exit 1) if a trtkld method destroys the output
   trtkld eval model.onnx --data calib/ --eval-data held_out/ --method ppq,mse,auto --strict \\
       --json eval.json
@@ -88,6 +91,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--peer-memory-mb", type=float, default=4096,
                         help="memory for ORT calibrators' kept outputs per call "
                         "(default: %(default)s)")
+    parser.add_argument(
+        "--refine", action="store_true",
+        help="add an 'auto+refine' row: auto's per-tensor methods refined by the model's output "
+        "SQNR on calibration samples held out from the histograms (2-fold cross-fitting; never "
+        "--eval-data); its cost and gain are reported",
+    )
+    parser.add_argument("--refine-tensors", type=int, default=16, metavar="K",
+                        help="tensors refined, those whose methods disagree most; 0 = all "
+                        "(default: %(default)s)")
+    parser.add_argument("--refine-sweeps", type=int, default=2,
+                        help="coordinate-descent sweeps (default: %(default)s)")
     parser.add_argument("--trt-version", default=None,
                         help="TensorRT version for the cache scale rules (default: 10.13.3)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -156,6 +170,14 @@ def run(args: argparse.Namespace) -> int:
     if not op_types:
         raise CLIError("--op-types is empty")
     model, calib_source, eval_source, defaults = _sources(args)
+    refine = None
+    if args.refine:
+        from trtkld.evaluate.refine import RefineOptions
+
+        try:
+            refine = RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
     specs = input_specs_from_onnx(model)
     preprocess = preprocess_from_args(args, defaults)
     calib = open_data(calib_source, specs, batch_size=args.batch_size, preprocess=preprocess,
@@ -176,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         calib_description=str(calib_source),
         eval_description=str(eval_source),
+        refine=refine,
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))

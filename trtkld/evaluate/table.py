@@ -51,7 +51,17 @@ def method_to_json(m: MethodEval) -> dict[str, Any]:
         "per_tensor_sqnr_db": {t: _num(v) for t, v in m.tensor_sqnr_db.items()},
         "per_tensor_clipped_fraction": {t: _num(v) for t, v in m.tensor_clipped.items()},
         "scales": dict(m.scales),
+        **({"refinement": m.refinement.to_json()} if m.refinement is not None else {}),
     }
+
+
+def _eval_gain(report: EvalReport, m: MethodEval) -> Optional[float]:
+    """Evaluation-data output SQNR gain of a refined row over the ``auto`` row (None: no auto
+    row, or a non-finite SQNR)."""
+    auto = next((r for r in report.methods if r.name == "auto"), None)
+    if auto is None or m.refinement is None:
+        return None
+    return _num(m.output_sqnr_db - auto.output_sqnr_db)
 
 
 def report_to_json(report: EvalReport) -> dict[str, Any]:
@@ -69,8 +79,15 @@ def report_to_json(report: EvalReport) -> dict[str, Any]:
         "destructive_floor_db": report.floor_db,
         "destructive_margin_db": report.margin_db,
         "best_method": best.name if best else None,
-        "methods": {m.name: method_to_json(m) for m in report.methods},
+        "methods": {m.name: _with_eval_gain(report, m) for m in report.methods},
     }
+
+
+def _with_eval_gain(report: EvalReport, m: MethodEval) -> dict[str, Any]:
+    doc = method_to_json(m)
+    if "refinement" in doc:
+        doc["refinement"]["eval_gain_over_auto_db"] = _eval_gain(report, m)
+    return doc
 
 
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:
@@ -121,6 +138,13 @@ def format_table(report: EvalReport, *, color: bool = False, top_tensors: int = 
         worst = sorted(finite, key=lambda t: (finite[t], t))[:top_tensors]
         items = ", ".join(f"{t} {_fmt(finite[t], '.1f')}" for t in worst)
         out.append(f"  {m.name}: {items or '-'}")
+    refined = [m for m in report.methods if m.refinement is not None]
+    if refined:
+        out.append("")
+        for m in refined:
+            gain = _eval_gain(report, m)
+            tail = "" if gain is None else f"; evaluation output SQNR vs auto: {gain:+.2f} dB"
+            out.append(f"{m.name}: {m.refinement.describe()}{tail}")
     destructive = [m for m in report.methods if m.destructive]
     if destructive:
         out.append("")
