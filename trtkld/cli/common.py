@@ -208,3 +208,10 @@ def open_model_data(args: argparse.Namespace):
         last_batch=args.last_batch,
     )
     return model, data
+
+
+def method_options_from_args(args: argparse.Namespace):
+    """--percentile for the methods that use it (None: the searches' own default)."""
+    if getattr(args, "percentile", None) is None:
+        return None
+    return {m: {"percentile": args.percentile} for m in ("percentile", "auto")}

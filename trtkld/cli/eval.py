@@ -9,6 +9,7 @@ from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
     add_method_argument,
+    method_options_from_args,
     parse_methods,
     preprocess_from_args,
 )
@@ -108,12 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _method_options(args: argparse.Namespace):
-    """--percentile for the methods that use it (None: the searches' own default), as
-    `trtkld calibrate` passes it."""
-    if args.percentile is None:
-        return None
-    return {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
 
 
 def _split(text: str) -> list[str]:
@@ -191,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         per_channel=not args.per_tensor_weights,
         floor_db=args.floor_db,
         margin_db=args.margin_db,
-        method_options=_method_options(args),
+        method_options=method_options_from_args(args),
         peer_memory_budget=int(args.peer_memory_mb * 2**20),
         models_dir=args.keep_models,
         top_tensors=args.top_tensors,

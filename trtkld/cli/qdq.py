@@ -8,6 +8,7 @@ from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
     add_method_argument,
+    method_options_from_args,
     open_model_data,
     parse_methods,
 )
@@ -73,7 +74,7 @@ def _scales(args: argparse.Namespace, model: str):
     methods = parse_methods(args.method, args.default_method)
     if len(methods) != 1:
         raise CLIError(f"--method: qdq writes one model, give one method (found {methods})")
-    method_options = _method_options(args)
+    method_options = method_options_from_args(args)
     if args.from_histograms:
         from trtkld.histogram import HistogramSet
         from trtkld.pipeline import search_histograms
@@ -100,12 +101,6 @@ def _escape(name: str) -> str:
     return re.escape(name)
 
 
-def _method_options(args: argparse.Namespace):
-    """--percentile for the methods that use it (None: the searches' own default), as
-    `trtkld calibrate` passes it."""
-    if args.percentile is None:
-        return None
-    return {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
 
 
 def _split(text: str) -> list[str]:
