@@ -32,3 +32,7 @@ class ModelError(TrtkldError, ValueError):
 
 class TensorRTUnavailableError(TrtkldError, RuntimeError):
     """TensorRT or pycuda is missing, or the TensorRT version has no calibrator API."""
+
+
+class OutputPathError(TrtkldError, ValueError):
+    """An output path would overwrite an input or another output, or cannot be written."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from trtkld.cli import checks
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -16,7 +17,7 @@ from trtkld.cli.common import (
     parse_methods,
     resolve_trt_version,
 )
-from trtkld.cli.summary import format_guard, format_summary
+from trtkld.cli.summary import format_guard, format_guard_summary, format_summary
 from trtkld.errors import TrtkldError
 
 logger = logging.getLogger("trtkld.calibrate")
@@ -32,9 +33,15 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
-  # keep the histograms, search them again later (or merge runs from several machines)
+  # keep the histograms, search them again later
+  trtkld calibrate model.onnx --data imgs/ --save-histograms h.npz --out a.cache
+  trtkld calibrate --from-histograms h.npz --method nvidia --out b.cache
+
+  # shards on several machines: the same ranges (from the first shard) make them mergeable
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
-  trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
+  trtkld calibrate model.onnx --data part2/ --ranges-from part1.npz --save-histograms part2.npz \
+      --out b.cache
+  trtkld calibrate --from-histograms part1.npz part2.npz --method ppq --out merged.cache
 """
 
 
@@ -67,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--trt-version",
+        type=checks.trt_version,
         help="TensorRT version for the cache header, e.g. 8.6.1 or 10.9.0 (default: the "
         "installed TensorRT, else 10.13.3 with a warning)",
     )
@@ -84,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--from-histograms",
         metavar="NPZ",
         nargs="+",
-        help="search saved histograms instead of running the model (several files are merged)",
+        help="search saved histograms instead of running the model (several files are merged; "
+        "they must share ranges: see --ranges-from); no MODEL or --data with it",
     )
     parser.add_argument(
         "--ranges-from",
@@ -113,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--memory-budget-mb",
-        type=float,
+        type=checks.nonnegative_float,
         default=0,
         help="keep pass-1 activations up to this size to skip the second model pass; "
         "0 runs the model twice, which measured faster on CPU (default: %(default)s)",
@@ -132,14 +141,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     guard.add_argument(
         "--guard-clipped",
-        type=float,
+        type=checks.nonnegative_float,
         default=0.01,
         metavar="FRACTION",
         help="flag thresholds clipping more than this share of values (default: %(default)s)",
     )
     guard.add_argument(
         "--guard-sqnr-drop",
-        type=float,
+        type=checks.nonnegative_float,
         default=6.0,
         metavar="DB",
         help="flag thresholds whose histogram SQNR is more than DB below max calibration's "
@@ -199,8 +208,6 @@ def _output_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.cache import write_cache
-    from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, calibrate
 
     methods = parse_methods(args.method, args.default_method)
@@ -211,19 +218,29 @@ def run(args: argparse.Namespace) -> int:
     histograms = None
     data = None
     model: Optional[str] = args.model
+    if args.from_histograms:
+        given = [o for o, v in (("MODEL", args.model), ("--data", args.data),
+                                ("--data-loader", args.data_loader), ("--demo", args.demo),
+                                ("--ranges-from", args.ranges_from)) if v]
+        if given:
+            raise CLIError(
+                f"--from-histograms searches saved histograms and runs no model: drop "
+                f"{', '.join(given)} (or drop --from-histograms to collect new histograms)"
+            )
     outputs = _output_paths(args, methods, model)
     if args.from_histograms:
-        histograms = HistogramSet.load(args.from_histograms[0])
-        for extra in args.from_histograms[1:]:
-            histograms = histograms.merge(HistogramSet.load(extra))
+        _check_outputs(args, outputs, model=None, data=None)  # before reading anything
+        histograms = checks.load_histogram_files(args.from_histograms)
     else:
         model, data = open_model_data(args)
+        # Before any collection: no output may be the model, a data file or another output.
+        _check_outputs(args, outputs, model=model, data=data)
 
     hist_max = None
     if args.ranges_from:
         hist_max = {}
         for path in args.ranges_from:
-            for name, hist in HistogramSet.load(path).items():
+            for name, hist in checks.load_histogram_files([path], "--ranges-from").items():
                 hist_max[name] = max(hist_max.get(name, 0.0), hist.hist_max)
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
@@ -257,21 +274,95 @@ def run(args: argparse.Namespace) -> int:
         method_options["auto"] = {**method_options.get("auto", {}), "refine": {
             "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
             "min_gain_db": refine.min_gain_db, "folds": refine.folds}}
+    flagged = format_guard(outcomes)
+    if flagged and args.strict:
+        raise GuardError(f"{flagged}\n--strict: no cache written")
+
+    # Every file is written before anything is printed: a reader closing stdout early
+    # (`| head -1`) must not cost an output.
+    provenance = _provenance(args, model, data, trt_version)
+    all_options = _recorded_options(args, methods, trt_version)
+    written = []
+    for method, outcome in outcomes.items():
+        _write_cache_and_sidecar(outputs[method], outcome, method_options.get(method, {}),
+                                 overrides, {**provenance, "command_options": all_options})
+        written.append(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
     if args.save_histograms:
         histograms.save(args.save_histograms)
-        print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
+        written.append(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
+
     if args.table != "none":
         print(format_summary(histograms, outcomes, limit=None if args.table == "full" else 40))
-    flagged = format_guard(outcomes)
     if flagged:
-        if args.strict:
-            raise GuardError(f"{flagged}\n--strict: no cache written")
-        logger.warning("%s", flagged)
-    for method, outcome in outcomes.items():
-        write_cache(outcome.cache, outputs[method])
-        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
-        print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
+        logger.warning("%s", format_guard_summary(outcomes))
+        logger.debug("%s", flagged)
+    for line in written:
+        print(line)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, outputs: dict[str, Path], *, model, data) -> None:
+    from trtkld.cache.sidecar import sidecar_path
+
+    several = len(outputs) > 1
+    named: dict[str, Optional[str]] = {}
+    for method, path in outputs.items():
+        label = ("--out" if args.out else "the default output") + (
+            f" for {method}" if several else "")
+        named[label] = str(path)
+        named[f"the metadata file of {label}"] = str(sidecar_path(path))
+    named["--save-histograms"] = args.save_histograms
+    checks.check_outputs(named, {
+        "the model": [model],
+        "a calibration data file": checks.data_files(data),
+        "the data loader script": checks.loader_script(args.data_loader),
+        "a --from-histograms input": list(args.from_histograms or []),
+        "a --ranges-from input": list(args.ranges_from or []),
+    })
+
+
+def _recorded_options(args: argparse.Namespace, methods: list[str], trt_version: str) -> dict:
+    """Every option that shapes the cache, defaults included, for the sidecar."""
+    return {
+        "methods": list(methods),
+        "trt_version": trt_version,
+        "algorithm": args.algorithm,
+        "include": list(args.include or []),
+        "exclude": list(args.exclude or []),
+        "percentile": args.percentile,
+        "guard_clipped": args.guard_clipped,
+        "guard_sqnr_drop": args.guard_sqnr_drop,
+        "batch_size": args.batch_size,
+        "last_batch": args.last_batch,
+        "max_samples": args.max_samples,
+        "ranges_from": list(args.ranges_from or []),
+        "from_histograms": list(args.from_histograms or []),
+        "refine": bool(args.refine),
+    }
+
+
+def _provenance(args: argparse.Namespace, model: Optional[str], data, trt_version: str) -> dict:
+    """model/data fingerprints, preprocessing and versions for the sidecar."""
+    from trtkld._io import file_sha256
+    from trtkld.cache import sidecar
+    from trtkld.cli.common import installed_tensorrt_version
+
+    if data is not None:
+        fingerprint = data.fingerprint()
+    else:  # from saved histograms: the files stand for the data
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in args.from_histograms or []:
+            digest.update(f"{os.path.basename(path)}\0{file_sha256(path)}\n".encode())
+        fingerprint = {"data_sha256": digest.hexdigest(), "kind": "histograms",
+                       "histograms": list(args.from_histograms or [])}
+    return sidecar.make_provenance(
+        model_sha256=file_sha256(model) if model else None,
+        data=fingerprint,
+        trt_version=trt_version,
+        tensorrt_installed=installed_tensorrt_version(),
+    )
 
 
 def _refine_options(args: argparse.Namespace, methods: list[str]):
@@ -304,8 +395,9 @@ def _refined_auto(model, data, histograms, refine, method_options, trt_version, 
     return CalibrationOutcome(method="auto", results=refined.results, cache=cache)
 
 
-def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:
-    """Record what made the cache next to it (``<cache>.trtkld.json``).
+def _write_cache_and_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str],
+                             provenance: dict) -> None:
+    """Write the cache and ``<cache>.trtkld.json`` (what made it) as one consistent pair.
 
     ``trtkld build`` / ``KLDCalibrator`` reuse the cache only when this matches what they would
     produce. For ``auto`` and per-tensor overrides it also lists the method behind each tensor,
@@ -320,7 +412,7 @@ def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]
         method=outcome.method,
         options=recorded,
         collector="onnxruntime",
-        cache_bytes=path.read_bytes(),
+        provenance=provenance,
     )
     per_tensor = {
         name: r.chosen_method or r.method
@@ -329,4 +421,4 @@ def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]
     }
     if per_tensor:
         metadata["tensor_methods"] = per_tensor
-    sidecar.write_metadata(path, metadata)
+    sidecar.write_cache_and_metadata(path, outcome.cache.to_bytes(), metadata)

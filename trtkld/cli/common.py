@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Optional
 
+from trtkld.cli import checks
 from trtkld.errors import TrtkldError
 
 logger = logging.getLogger("trtkld")
@@ -64,7 +65,7 @@ def add_method_argument(parser: argparse.ArgumentParser, *, default: str) -> Non
     parser.set_defaults(default_method=default)
     parser.add_argument(
         "--percentile",
-        type=float,
+        type=checks.percentile,
         help="percentile of |x| kept by the 'percentile' method (default: 99.99)",
     )
 
@@ -96,20 +97,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(msg) from exc
 
 
-def _size(text: str):
-    if text.lower() in ("none", "off"):
-        return "none"  # an explicit "no resize/crop", unlike None which means "auto"
-    try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, found {text!r}") from exc
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise argparse.ArgumentTypeError(f"expected N or HxW, found {text!r}")
-
-
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "calibration data",
@@ -128,7 +115,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "(module:function or path/to/script.py:function)",
     )
     group.add_argument(
-        "--batch-size", type=int, help="batch size for a dynamic batch dimension (default 8)"
+        "--batch-size", type=checks.positive_int,
+        help="batch size for a dynamic batch dimension (default 8)"
+    )
+    group.add_argument(
+        "--max-samples", type=checks.positive_int, metavar="N",
+        help="read at most N calibration samples (default: all; a --data-loader stops at "
+        "10000 with a warning, since it may never end)",
     )
     group.add_argument(
         "--last-batch",
@@ -142,14 +135,21 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="normalisation preset (imagenet: /255, ImageNet mean/std, RGB; caffe: BGR minus "
         "[104,117,123]; unit: /255; raw: 0..255)",
     )
-    group.add_argument("--resize", type=_size, help="short side N, or exact HxW, or none")
-    group.add_argument("--crop", type=_size, help="centre crop N or HxW, or none")
+    group.add_argument("--resize", type=checks.image_size,
+                       help="short side N, or exact HxW, or none")
+    group.add_argument("--crop", type=checks.image_size, help="centre crop N or HxW, or none")
+    group.add_argument(
+        "--resample",
+        choices=["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"],
+        help="Pillow resize filter (default: bilinear; the demo uses lanczos)",
+    )
     group.add_argument("--scale", type=float, help="pixel multiplier before mean/std, e.g. 0.00392")
     group.add_argument("--mean", type=_floats, help="per-channel mean, in model channel order")
     group.add_argument("--std", type=_floats, help="per-channel std, in model channel order")
     group.add_argument("--channel-order", choices=["RGB", "BGR"], help="default RGB")
     group.add_argument("--layout", choices=["NCHW", "NHWC"], help="default: from the model input")
-    group.add_argument("--dtype", help="input dtype (default: the model input's)")
+    group.add_argument("--dtype", type=checks.dtype_name,
+                       help="input dtype (default: the model input's)")
 
 
 def preprocess_from_args(args: argparse.Namespace, defaults: Optional[dict] = None):
@@ -163,7 +163,8 @@ def preprocess_from_args(args: argparse.Namespace, defaults: Optional[dict] = No
     defaults = dict(defaults or {})
     default_preset = defaults.pop("preset", None)
     overrides = dict(defaults)
-    for field in ("resize", "crop", "scale", "mean", "std", "channel_order", "layout", "dtype"):
+    for field in ("resize", "crop", "scale", "mean", "std", "channel_order", "layout", "dtype",
+                  "resample"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
@@ -206,6 +207,7 @@ def open_model_data(args: argparse.Namespace):
         batch_size=args.batch_size,
         preprocess=preprocess_from_args(args, defaults),
         last_batch=args.last_batch,
+        max_samples=getattr(args, "max_samples", None),
     )
     return model, data
 

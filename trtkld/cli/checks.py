@@ -1,0 +1,172 @@
+"""Checks every sub-command runs before any work: option values (as argparse types, so a bad
+value is a usage error at parse time) and output paths (never an input, never each other).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Optional
+
+logger = logging.getLogger("trtkld")
+
+# TensorRT versions whose Python API has the IInt8 calibrators that read calibration caches.
+CALIBRATOR_MAJOR_VERSIONS = (8, 9, 10)
+
+
+# ------------------------------------------------------------------ option value types
+def percentile(text: str) -> float:
+    """``--percentile``: a number in (0, 100]."""
+    value = _float(text)
+    if not (0.0 < value <= 100.0):
+        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], found {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0 (``--memory-budget-mb``, guard limits, ``--peer-memory-mb``)."""
+    value = _float(text)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, found {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--max-samples``, ``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
+    return value
+
+
+def dtype_name(text: str) -> str:
+    """``--dtype``: a numpy dtype name usable for a model input (float16/32/64, ints, uint8)."""
+    import numpy as np
+
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {text!r}; expected e.g. float32, float16, uint8, int8"
+        ) from None
+    if dtype.kind not in "fiub":
+        raise argparse.ArgumentTypeError(
+            f"dtype {text!r} ({dtype}) cannot hold image data; expected a float, int or uint type"
+        )
+    return text
+
+
+def trt_version(text: str) -> str:
+    """``--trt-version``: MAJOR.MINOR.PATCH that a cache header can encode; a version outside
+    the TensorRT releases with calibrators (8.x - 10.x) is accepted with a warning."""
+    from trtkld.cache import trt_version_number
+    from trtkld.errors import TrtkldError
+
+    parts = text.split(".")
+    if len(text) > 16 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected a TensorRT version MAJOR.MINOR.PATCH such as 8.6.1 or 10.9.0, found "
+            f"{text!r}"
+        )
+    if int(parts[0]) > 99:
+        raise argparse.ArgumentTypeError(
+            f"TensorRT version {text!r}: no TensorRT has a major version above 99"
+        )
+    try:
+        trt_version_number(text)
+    except TrtkldError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if int(parts[0]) not in CALIBRATOR_MAJOR_VERSIONS:
+        logger.warning(
+            "--trt-version %s: no TensorRT release with calibrators (8.x - 10.x) has this "
+            "version; the cache header is written for it anyway", text,
+        )
+    return text
+
+
+def image_size(text: str):
+    """``--resize`` / ``--crop``: N, HxW or none; each side between 1 and MAX_IMAGE_SIDE."""
+    from trtkld.data.preprocess import MAX_IMAGE_SIDE
+
+    if text.lower() in ("none", "off"):
+        return "none"  # an explicit "no resize/crop", unlike None which means "auto"
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, found {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or HxW, found {text!r}")
+    if not all(1 <= p <= MAX_IMAGE_SIDE for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"each side must be between 1 and {MAX_IMAGE_SIDE} pixels, found {text!r}"
+        )
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+
+
+# ------------------------------------------------------------------ histogram files
+def load_histogram_files(paths: Sequence[str], option: str = "--from-histograms"):
+    """The merged HistogramSet of ``paths``; clear errors for an empty file and for shards
+    whose ranges differ (which need ``--ranges-from`` when they are collected)."""
+    from trtkld.errors import HistogramError
+    from trtkld.histogram import HistogramSet
+
+    merged = None
+    for path in paths:
+        hists = HistogramSet.load(path)
+        if len(hists) == 0:
+            raise HistogramError(f"{option}: histogram file {path!r} holds no tensors")
+        if merged is None:
+            merged = hists
+            continue
+        try:
+            merged = merged.merge(hists)
+        except HistogramError as exc:
+            raise HistogramError(
+                f"{option}: cannot merge {path!r} into {paths[0]!r}: {exc}. Shards merge only "
+                f"when collected with the same ranges: collect the first shard, then the others "
+                f"with --ranges-from FIRST.npz (see README, 'Sharded calibration')"
+            ) from None
+    return merged
+
+
+# ------------------------------------------------------------------ output paths
+def data_files(data) -> list[str]:
+    """The files a CalibrationData reads (none for a data loader)."""
+    source = getattr(data, "source", None)
+    return list(getattr(source, "paths", None) or [])
+
+
+def loader_script(spec: Optional[str]) -> list[str]:
+    """The script of a ``path/to/script.py:function`` data loader, as an input to protect."""
+    if not spec or ":" not in spec:
+        return []
+    target = spec.rsplit(":", 1)[0]
+    return [target] if os.path.isfile(target) else []
+
+
+def check_outputs(
+    outputs: Mapping[str, Optional[str]],
+    inputs: Mapping[str, Iterable[Optional[str]]],
+    *,
+    folders: Iterable[str] = (),
+) -> None:
+    """:func:`trtkld._io.check_output_paths` with unset (None) options left out."""
+    from trtkld._io import check_output_paths
+
+    check_output_paths(
+        {label: path for label, path in outputs.items() if path},
+        {label: [p for p in paths if p] for label, paths in inputs.items()},
+        folders=folders,
+    )
