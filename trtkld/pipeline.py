@@ -335,3 +335,32 @@ def calibrate(
         findings = guard_results(histograms, results, **dict(guard_limits or {}))
         outcomes[method] = CalibrationOutcome(method, results, cache, findings)
     return histograms, outcomes
+
+
+def model_fingerprint(model: Optional[PathLike]) -> Optional[str]:
+    """sha256 of the ONNX model file (None without a model)."""
+    if model is None:
+        return None
+    from trtkld._io import file_sha256
+
+    return file_sha256(model)
+
+
+def cache_provenance(
+    model: Optional[PathLike],
+    data: Optional[CalibrationData],
+    *,
+    trt_version: str,
+    tensorrt_installed: Optional[str] = None,
+) -> dict:
+    """The provenance fields of a cache's sidecar (``trtkld.cache.sidecar.make_provenance``):
+    model and data fingerprints, preprocessing, TensorRT versions. A cache is reused only when
+    these match the model and data at hand (``sidecar.metadata_problem``)."""
+    from trtkld.cache import sidecar
+
+    return sidecar.make_provenance(
+        model_sha256=model_fingerprint(model),
+        data=data.fingerprint() if data is not None else None,
+        trt_version=trt_version,
+        tensorrt_installed=tensorrt_installed,
+    )

@@ -117,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.trt import _backend
     from trtkld.trt import engine as trt_engine
 
-    trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
     if args.demo or args.data or args.data_loader:
         model, data = open_model_data(args)
     else:
@@ -129,8 +128,21 @@ def run(args: argparse.Namespace) -> int:
     stem = os.path.splitext(model)[0] if not args.demo else "demo"
     cache = Path(args.cache or f"{stem}.cache")
     engine = Path(args.engine or f"{stem}.plan")
-    if engine.resolve() == cache.resolve():
-        raise CLIError(f"--engine and --cache are the same file: {engine}")
+    from trtkld.cache.sidecar import sidecar_path, tensorrt_cache_path
+    from trtkld.cli import checks
+
+    cache_label = "--cache" if args.cache else "the default cache"
+    outputs = {"--engine" if args.engine else "the default engine": str(engine),
+               cache_label: str(cache),
+               f"the metadata file of {cache_label}": str(sidecar_path(cache))}
+    if args.method == "tensorrt":
+        outputs["TensorRT's own cache"] = str(tensorrt_cache_path(cache))
+    checks.check_outputs(outputs, {
+        "the model": [model],
+        "a calibration data file": checks.data_files(data),
+        "the data loader script": checks.loader_script(args.data_loader),
+    })
+    trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
 
     from trtkld.cache import parse_cache
     from trtkld.cache.sidecar import atomic_write_bytes

@@ -344,25 +344,20 @@ def _recorded_options(args: argparse.Namespace, methods: list[str], trt_version:
 def _provenance(args: argparse.Namespace, model: Optional[str], data, trt_version: str) -> dict:
     """model/data fingerprints, preprocessing and versions for the sidecar."""
     from trtkld._io import file_sha256
-    from trtkld.cache import sidecar
     from trtkld.cli.common import installed_tensorrt_version
+    from trtkld.pipeline import cache_provenance
 
-    if data is not None:
-        fingerprint = data.fingerprint()
-    else:  # from saved histograms: the files stand for the data
+    provenance = cache_provenance(model, data, trt_version=trt_version,
+                                  tensorrt_installed=installed_tensorrt_version())
+    if data is None:  # from saved histograms: their files stand for the data
         import hashlib
 
         digest = hashlib.sha256()
         for path in args.from_histograms or []:
             digest.update(f"{os.path.basename(path)}\0{file_sha256(path)}\n".encode())
-        fingerprint = {"data_sha256": digest.hexdigest(), "kind": "histograms",
-                       "histograms": list(args.from_histograms or [])}
-    return sidecar.make_provenance(
-        model_sha256=file_sha256(model) if model else None,
-        data=fingerprint,
-        trt_version=trt_version,
-        tensorrt_installed=installed_tensorrt_version(),
-    )
+        provenance["data_sha256"] = digest.hexdigest()
+        provenance["data"] = {"kind": "histograms", "histograms": list(args.from_histograms)}
+    return provenance
 
 
 def _refine_options(args: argparse.Namespace, methods: list[str]):

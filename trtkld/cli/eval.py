@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from trtkld.cli import checks
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -89,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep the Q/DQ models (DIR/METHOD.int8.onnx) instead of a temp dir")
     parser.add_argument("--top-tensors", type=int, default=3,
                         help="worst tensors listed per method (default: %(default)s)")
-    parser.add_argument("--peer-memory-mb", type=float, default=4096,
+    parser.add_argument("--peer-memory-mb", type=checks.nonnegative_float, default=4096,
                         help="memory for ORT calibrators' kept outputs per call "
                         "(default: %(default)s)")
     parser.add_argument(
@@ -103,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--refine-sweeps", type=int, default=2,
                         help="coordinate-descent sweeps (default: %(default)s)")
-    parser.add_argument("--trt-version", default=None,
+    parser.add_argument("--trt-version", default=None, type=checks.trt_version,
                         help="TensorRT version for the cache scale rules (default: 10.13.3)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -176,9 +177,22 @@ def run(args: argparse.Namespace) -> int:
     specs = input_specs_from_onnx(model)
     preprocess = preprocess_from_args(args, defaults)
     calib = open_data(calib_source, specs, batch_size=args.batch_size, preprocess=preprocess,
-                      last_batch=args.last_batch)
+                      last_batch=args.last_batch, max_samples=args.max_samples)
     evaluation = open_data(eval_source, specs, batch_size=args.batch_size,
                            preprocess=preprocess, last_batch=args.last_batch)
+    outputs = {"--json": args.json}
+    if args.keep_models:
+        outputs["--keep-models"] = args.keep_models
+        outputs.update({f"--keep-models file for {m}": os.path.join(args.keep_models,
+                                                                    f"{m}.int8.onnx")
+                        for m in methods})
+    # --keep-models may be a folder to create: its parent must exist
+    checks.check_outputs(outputs, {
+        "the model": [model],
+        "a calibration data file": checks.data_files(calib),
+        "an evaluation data file": checks.data_files(evaluation),
+        "the data loader script": checks.loader_script(args.data_loader),
+    }, folders=["--keep-models"])
     report = evaluate(
         model, calib, evaluation, methods, peers,
         trt_version=args.trt_version or DEFAULT_TRT_VERSION,
@@ -195,10 +209,12 @@ def run(args: argparse.Namespace) -> int:
         eval_description=str(eval_source),
         refine=refine,
     )
+    # Files first: a reader closing stdout early (`| head`) must not cost an output.
+    if args.json:
+        write_json(report, args.json)
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))
     if args.json:
-        write_json(report, args.json)
         print(f"json: {args.json}")
     bad = report.destructive_trtkld_methods()
     if bad and args.strict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from trtkld.cli import checks
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -54,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="op types whose inputs get Q/DQ (default: %(default)s)")
     parser.add_argument("--per-tensor-weights", action="store_true",
                         help="one scale per weight instead of per output channel")
+    parser.add_argument(
+        "--max-unmatched", type=checks.nonnegative_float, default=0.1, metavar="FRACTION",
+        help="with --cache: refuse a cache whose tensors are missing from the model for more "
+        "than this share of its entries (another model's cache) (default: %(default)s)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -70,18 +76,17 @@ def _scales(args: argparse.Namespace, model: str):
     if args.cache:
         from trtkld.cache import parse_cache
 
-        return parse_cache(args.cache).scales, model
+        scales = parse_cache(args.cache).scales
+        _check_cache_matches_model(scales, model, args.cache, args.max_unmatched)
+        return scales, model
     methods = parse_methods(args.method, args.default_method)
     if len(methods) != 1:
         raise CLIError(f"--method: qdq writes one model, give one method (found {methods})")
     method_options = method_options_from_args(args)
     if args.from_histograms:
-        from trtkld.histogram import HistogramSet
         from trtkld.pipeline import search_histograms
 
-        hists = HistogramSet.load(args.from_histograms[0])
-        for extra in args.from_histograms[1:]:
-            hists = hists.merge(HistogramSet.load(extra))
+        hists = checks.load_histogram_files(args.from_histograms)
         results = search_histograms(hists, methods[0], method_options=method_options)
         return {n: r.scale for n, r in results.items()}, model
     from trtkld.cache import DEFAULT_TRT_VERSION
@@ -93,6 +98,36 @@ def _scales(args: argparse.Namespace, model: str):
     _, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
                             include=include, quiet=args.quiet, method_options=method_options)
     return outcomes[methods[0]].cache.scales, model
+
+
+def _check_cache_matches_model(scales: dict, model: str, cache: str, limit: float) -> None:
+    """Refuse another model's cache: too many of its tensor names are not in the model."""
+    import logging
+
+    import onnx
+
+    from trtkld.errors import CacheFormatError
+
+    proto = onnx.load(model, load_external_data=False)
+    graph = proto.graph
+    names = {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    names.update(o for node in graph.node for o in node.output)
+    unmatched = [n for n in scales if n not in names]
+    if not unmatched:
+        return
+    listing = ", ".join(repr(n) for n in unmatched[:20]) + (
+        f" and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+    share = len(unmatched) / len(scales)
+    if share > limit or len(unmatched) == len(scales):
+        raise CacheFormatError(
+            f"calibration cache {cache!r}: {len(unmatched)} of its {len(scales)} tensors are not "
+            f"in {model!r} ({share:.0%} > --max-unmatched {limit:g}); is it another model's "
+            f"cache? Not in the model: {listing}"
+        )
+    logging.getLogger("trtkld.qdq").warning(
+        "calibration cache %r: %d of its %d tensors are not in %r and are ignored: %s",
+        cache, len(unmatched), len(scales), model, listing,
+    )
 
 
 def _escape(name: str) -> str:
@@ -124,8 +159,19 @@ def run(args: argparse.Namespace) -> int:
     op_types = _split(args.op_types)
     if not op_types:
         raise CLIError("--op-types is empty")
-    scales, model = _scales(args, model)
     out = args.out or ("demo.int8.onnx" if args.demo else f"{os.path.splitext(model)[0]}.int8.onnx")
+    data_files = []
+    if args.data and os.path.exists(args.data):
+        from trtkld.data.sources import scan_folder
+
+        data_files = scan_folder(args.data)[1] if os.path.isdir(args.data) else [args.data]
+    checks.check_outputs({"--out" if args.out else "the default output": out}, {
+        "the model": [model], "--cache": [args.cache],
+        "a --from-histograms input": list(args.from_histograms or []),
+        "a calibration data file": data_files,
+        "the data loader script": checks.loader_script(args.data_loader),
+    })
+    scales, model = _scales(args, model)
     summary = write_qdq_model(model, scales, out, op_types=op_types,
                               per_channel=not args.per_tensor_weights)
     print(summary.describe())

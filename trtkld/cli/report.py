@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from trtkld.cli import checks
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -74,6 +75,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_outputs(args: argparse.Namespace, source: Path, *, model, data) -> None:
+    from trtkld.report import default_report_dir
+    from trtkld.report.build import previous_report_files
+
+    # The demo model lives in the installed package; its report goes next to the user.
+    out = Path(args.out) if args.out else default_report_dir(source)
+    checks.check_outputs(
+        {"--out" if args.out else "the default report folder": str(out),
+         "--save-histograms": args.save_histograms},
+        {"the model": [model], "--histograms": [args.histograms], "--eval": [args.eval_json],
+         "a calibration data file": checks.data_files(data),
+         "the data loader script": checks.loader_script(args.data_loader)},
+        folders=["--out", "the default report folder"],
+    )
+    previous_report_files(out)  # a non-empty folder that is not a report is refused now
+    args.out = str(out)
+
+
 def _search_all(hists: Any, methods: list[str], options: dict) -> dict[str, dict[str, Any]]:
     from trtkld.pipeline import search_histograms
 
@@ -97,12 +116,11 @@ def run(args: argparse.Namespace) -> int:
     eval_table = load_eval(args.eval_json) if args.eval_json else None
 
     if args.histograms:
-        from trtkld.histogram import HistogramSet
-
         source = Path(args.histograms)
         if not source.is_file():
             raise CLIError(f"{source}: histogram file not found")
-        hists = HistogramSet.load(source)
+        _check_outputs(args, source, model=None, data=None)
+        hists = checks.load_histogram_files([args.histograms], "--histograms")
         results = _search_all(hists, methods, options)
     else:
         from trtkld.cache import DEFAULT_TRT_VERSION
@@ -110,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
 
         model, data = open_model_data(args)
         source = Path(model)
+        if args.demo and args.out is None:
+            args.out = "demo.report"
+        _check_outputs(args, source, model=model, data=data)  # before any collection
         # The report writes no cache, so the cache header version does not matter here.
         hists, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
                                     method_options=options, quiet=args.quiet)
@@ -117,9 +138,6 @@ def run(args: argparse.Namespace) -> int:
         if args.save_histograms:
             hists.save(args.save_histograms)
             log.info("histograms saved to %s", args.save_histograms)
-        if args.demo and args.out is None:
-            # The demo model lives in the installed package; write next to the user instead.
-            args.out = "demo.report"
 
     out = Path(args.out) if args.out else default_report_dir(source)
     meta = {"input": str(source)}

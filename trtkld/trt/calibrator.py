@@ -469,8 +469,8 @@ class KLDCalibrator:
             return "regeneration was forced"
         if not path.is_file():
             return f"no cache file at {path}"
-        raw = path.read_bytes()
         try:
+            raw, meta = cachemeta.read_cache_and_metadata(path)  # one consistent pair
             cache = parse_cache(raw)
         except TrtkldError as exc:
             return f"it cannot be parsed ({exc})"
@@ -488,13 +488,16 @@ class KLDCalibrator:
                 f"its algorithm is {cache.algorithm} (header {cache.header}), but this "
                 f"calibrator ({type(self)._trt_base.__name__}) uses {self.algorithm}"
             )
-        try:
-            meta = cachemeta.read_metadata(path)
-        except TrtkldError as exc:
-            return str(exc)
+        from trtkld.pipeline import model_fingerprint
+
+        # Reused only for this model and these data (when given: a rebuild from the cache
+        # alone cannot check the data).
+        model_sha = model_fingerprint(self.onnx) if self.onnx and self.onnx.is_file() else None
+        data = self._require_data() if self._data_arg is not None else None
         return cachemeta.metadata_problem(
             meta, cache_file=path, cache_bytes=raw, method=self.method,
-            options=self.search_options, collector=self.collector,
+            options=self.search_options, collector=self.collector, model_sha256=model_sha,
+            data_fingerprint=data.fingerprint() if hasattr(data, "fingerprint") else None,
         )
 
     def prepare(self) -> bytes:
@@ -525,7 +528,6 @@ class KLDCalibrator:
         return self._cache_bytes
 
     def _generate(self) -> bytes:
-        from trtkld.cache import write_cache
         from trtkld.pipeline import calibrate
         from trtkld.search import DEFAULT_BINS
 
@@ -546,14 +548,16 @@ class KLDCalibrator:
             quiet=self.quiet, histograms=histograms,
             method_options={self.method: self.search_options},
         )
+        from trtkld.pipeline import cache_provenance
+
         cache = outcomes[self.method].cache
-        write_cache(cache, self.cache_file)
-        written = self.cache_file.read_bytes()
-        cachemeta.write_metadata(
-            self.cache_file,
+        written = cache.to_bytes()
+        cachemeta.write_cache_and_metadata(
+            self.cache_file, written,
             cachemeta.make_metadata(
                 method=self.method, options=self.search_options, collector=self.collector,
-                cache_bytes=written,
+                provenance=cache_provenance(self.onnx, data, trt_version=self.trt_version,
+                                            tensorrt_installed=self.trt_version),
             ),
         )
         log.info(
