@@ -32,3 +32,12 @@ class ModelError(TrtkldError, ValueError):
 
 class TensorRTUnavailableError(TrtkldError, RuntimeError):
     """TensorRT or pycuda is missing, or the TensorRT version has no calibrator API."""
+
+
+class EvaluationError(TrtkldError, ValueError):
+    """A fidelity evaluation or refinement cannot run as asked (unknown peer, bad option,
+    outputs that do not match)."""
+
+
+class OutputError(TrtkldError, OSError):
+    """A result file (engine, model, report) cannot be written; names the file and the reason."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from trtkld.cli.common import CLIError, add_data_arguments, open_model_data
-from trtkld.errors import TrtkldError
+from trtkld.errors import OutputError, TrtkldError
 
 logger = logging.getLogger("trtkld.build")
 
@@ -114,10 +114,10 @@ def _static_shapes(model: str) -> dict[str, tuple[int, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.trt import _backend
     from trtkld.trt import engine as trt_engine
+    from trtkld.trt import require_calibrator_api
 
-    trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
+    trt = require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
     if args.demo or args.data or args.data_loader:
         model, data = open_model_data(args)
     else:
@@ -133,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--engine and --cache are the same file: {engine}")
 
     from trtkld.cache import parse_cache
-    from trtkld.cache.sidecar import atomic_write_bytes
     from trtkld.trt.calibrator import KLDCalibrator
 
     base = getattr(trt, BASE_CLASSES[args.calibrator])
@@ -153,12 +152,22 @@ def run(args: argparse.Namespace) -> int:
             raise TensorRTBuildError(
                 f"TensorRT did not build an engine for {model} (see the TensorRT errors above)"
             )
-        atomic_write_bytes(engine, plan)
+        _write_engine(engine, plan)
         used = calib.tensorrt_cache_file if args.method == "tensorrt" else cache
         status = calib.cache_status or "TensorRT's own calibration"
     scales = parse_cache(used).scales if used.is_file() else {}
     print(_report(model, engine, used, status, calib.regeneration_reason, tensor_names, scales))
     return 0
+
+
+def _write_engine(path: Path, plan) -> None:
+    """The serialized engine, written atomically; OutputError (not a cache error) on failure."""
+    from trtkld._io import atomic_write
+
+    try:
+        atomic_write(path, bytes(plan))
+    except OSError as exc:
+        raise OutputError(f"cannot write engine {path}: {exc.strerror or exc}") from exc
 
 
 def _report(

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from trtkld.cache import DEFAULT_TRT_VERSION
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
     add_method_argument,
     open_model_data,
     parse_methods,
-    resolve_trt_version,
+    search_options_from_args,
 )
 from trtkld.cli.summary import format_guard, format_summary
 from trtkld.errors import TrtkldError
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--trt-version",
         help="TensorRT version for the cache header, e.g. 8.6.1 or 10.9.0 (default: the "
-        "installed TensorRT, else 10.13.3 with a warning)",
+        f"installed TensorRT, else {DEFAULT_TRT_VERSION} with a warning)",
     )
     parser.add_argument(
         "--algorithm",
@@ -199,9 +200,10 @@ def _output_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.cache import write_cache
+    from trtkld.cache import resolve_trt_version
+    from trtkld.calibration import calibrate
     from trtkld.histogram import HistogramSet
-    from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, calibrate
+    from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
 
     methods = parse_methods(args.method, args.default_method)
     overrides = _parse_overrides(args.tensor_method)
@@ -228,49 +230,40 @@ def run(args: argparse.Namespace) -> int:
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
     )
-    method_options = {}
-    if args.percentile is not None:
-        method_options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
-    histograms, outcomes = calibrate(
+    cal = calibrate(
         model,
         data,
         methods,
-        trt_version=trt_version,
-        algorithm=args.algorithm,
         include=args.include,
         exclude=args.exclude,
-        method_overrides=overrides,
+        tensor_methods=overrides,
         quiet=args.quiet,
         histograms=histograms,
         memory_budget_bytes=budget,
-        method_options=method_options,
         hist_max=hist_max,
         guard_limits={
             "max_clipped_fraction": args.guard_clipped,
             "max_sqnr_drop_db": args.guard_sqnr_drop,
         },
+        **search_options_from_args(args),
     )
     if refine is not None:
-        outcomes["auto"] = _refined_auto(model, data, histograms, refine, method_options,
-                                         trt_version, args)
-        method_options = dict(method_options)
-        method_options["auto"] = {**method_options.get("auto", {}), "refine": {
-            "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
-            "min_gain_db": refine.min_gain_db, "folds": refine.folds}}
+        _refine_auto(cal, data, refine, args)
     if args.save_histograms:
-        histograms.save(args.save_histograms)
-        print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
+        cal.histograms.save(args.save_histograms)
+        print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
     if args.table != "none":
-        print(format_summary(histograms, outcomes, limit=None if args.table == "full" else 40))
-    flagged = format_guard(outcomes)
+        print(format_summary(cal.histograms, cal.outcomes,
+                             limit=None if args.table == "full" else 40))
+    flagged = format_guard(cal.outcomes)
     if flagged:
         if args.strict:
             raise GuardError(f"{flagged}\n--strict: no cache written")
         logger.warning("%s", flagged)
-    for method, outcome in outcomes.items():
-        write_cache(outcome.cache, outputs[method])
-        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
-        print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
+    for method in cal.methods:
+        cal.write_cache(outputs[method], method, trt_version=trt_version,
+                        algorithm=args.algorithm)
+        print(f"{method}: wrote {outputs[method]} ({len(cal.results[method])} tensors)")
     return 0
 
 
@@ -292,41 +285,16 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
         raise CLIError(str(exc)) from exc
 
 
-def _refined_auto(model, data, histograms, refine, method_options, trt_version, args):
-    """auto's outcome with its per-tensor methods refined (trtkld.evaluate.refine)."""
+def _refine_auto(cal, data, refine, args) -> None:
+    """Replace auto's thresholds by its per-tensor methods refined on the model's output
+    (trtkld.evaluate.refine); the refinement settings are recorded in the sidecar."""
     from trtkld.evaluate.refine import materialize, refine_auto
-    from trtkld.pipeline import CalibrationOutcome, results_to_cache
+    from trtkld.search.registry import options_for_methods
 
-    refined = refine_auto(model, materialize(data), histograms, method_options=method_options,
+    refined = refine_auto(cal.model, materialize(data), cal.histograms,
+                          method_options=options_for_methods(search_options_from_args(args)),
                           options=refine, quiet=args.quiet)
     print(f"auto refined: {refined.describe()}")
-    cache = results_to_cache(refined.results, trt_version=trt_version, algorithm=args.algorithm)
-    return CalibrationOutcome(method="auto", results=refined.results, cache=cache)
-
-
-def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:
-    """Record what made the cache next to it (``<cache>.trtkld.json``).
-
-    ``trtkld build`` / ``KLDCalibrator`` reuse the cache only when this matches what they would
-    produce. For ``auto`` and per-tensor overrides it also lists the method behind each tensor,
-    since the cache format (TensorRT's) has no room for comments.
-    """
-    from trtkld.cache import sidecar
-
-    recorded = dict(options)
-    if overrides:
-        recorded["tensor_method"] = dict(overrides)
-    metadata = sidecar.make_metadata(
-        method=outcome.method,
-        options=recorded,
-        collector="onnxruntime",
-        cache_bytes=path.read_bytes(),
-    )
-    per_tensor = {
-        name: r.chosen_method or r.method
-        for name, r in outcome.results.items()
-        if (r.chosen_method or r.method) != outcome.method
-    }
-    if per_tensor:
-        metadata["tensor_methods"] = per_tensor
-    sidecar.write_metadata(path, metadata)
+    cal.replace_results("auto", refined.results, record={"refine": {
+        "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
+        "min_gain_db": refine.min_gain_db, "folds": refine.folds}})

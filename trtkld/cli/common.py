@@ -5,73 +5,42 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Optional
 
 from trtkld.errors import TrtkldError
 
 logger = logging.getLogger("trtkld")
 
-# Distributions that carry TensorRT's Python bindings; read through package metadata so that
-# finding the version never imports tensorrt (only trtkld/trt/_backend.py may).
-_TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11")
-
-
 class CLIError(TrtkldError):
     """An error in the command line itself; printed as one line without a traceback."""
 
 
-def installed_tensorrt_version() -> Optional[str]:
-    """Version of the installed TensorRT Python package, or None (no import of tensorrt)."""
-    for dist in _TENSORRT_DISTRIBUTIONS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def resolve_trt_version(requested: Optional[str]) -> str:
-    """``requested``, else the installed TensorRT's version, else the default with a warning."""
-    from trtkld.cache import DEFAULT_TRT_VERSION, trt_version_number
-
-    if requested:
-        trt_version_number(requested)  # validates, raising CacheFormatError on nonsense
-        return requested
-    installed = installed_tensorrt_version()
-    if installed:
-        parts = installed.split(".")
-        return ".".join(parts[:3])
-    logger.warning(
-        "TensorRT is not installed here: writing the cache header for TensorRT %s; pass "
-        "--trt-version to match the TensorRT that will read the cache",
-        DEFAULT_TRT_VERSION,
-    )
-    return DEFAULT_TRT_VERSION
-
-
 def add_method_argument(parser: argparse.ArgumentParser, *, default: str) -> None:
-    from trtkld.search import available_methods
+    """``--method`` and one flag per search option (``--percentile``), all from the registry."""
+    from trtkld.search.registry import METHODS, all_options, methods_taking
 
     parser.add_argument(
         "--method",
         "-m",
         action="append",
         metavar="NAME[,NAME...]",
-        help=f"threshold search(es): {', '.join(available_methods())} "
+        help=f"threshold search(es): {', '.join(METHODS)} "
         f"(comma-separated or repeated; default: {default})",
     )
     parser.set_defaults(default_method=default)
-    parser.add_argument(
-        "--percentile",
-        type=float,
-        help="percentile of |x| kept by the 'percentile' method (default: 99.99)",
-    )
+    for option in all_options().values():
+        users = ", ".join(methods_taking(option.name))
+        parser.add_argument(
+            f"--{option.name.replace('_', '-')}",
+            dest=option.name,
+            type=option.type,
+            help=option.help.replace("%(default)s", str(option.default)) + f" [{users}]",
+        )
 
 
 def parse_methods(values: Optional[Sequence[str]], default: str = "ppq") -> list[str]:
     """``["ppq,nvidia", "max"]`` -> ``["ppq", "nvidia", "max"]``, checked, duplicates dropped."""
-    from trtkld.search import available_methods
+    from trtkld.search.registry import check_methods
 
     names: list[str] = []
     for value in values or [default]:
@@ -79,13 +48,17 @@ def parse_methods(values: Optional[Sequence[str]], default: str = "ppq") -> list
             name = name.strip()
             if name and name not in names:
                 names.append(name)
-    known = available_methods()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise CLIError(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
     if not names:
         raise CLIError("--method is empty")
-    return names
+    return check_methods(names)
+
+
+def search_options_from_args(args: argparse.Namespace) -> dict:
+    """Search options given on the command line (registry options; None = not given)."""
+    from trtkld.search.registry import all_options
+
+    return {name: getattr(args, name, None) for name in all_options()
+            if getattr(args, name, None) is not None}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -211,7 +184,7 @@ def open_model_data(args: argparse.Namespace):
 
 
 def method_options_from_args(args: argparse.Namespace):
-    """--percentile for the methods that use it (None: the searches' own default)."""
-    if getattr(args, "percentile", None) is None:
-        return None
-    return {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
+    """Search options routed to the methods taking them (None: the searches' own defaults)."""
+    from trtkld.search.registry import options_for_methods
+
+    return options_for_methods(search_options_from_args(args)) or None

@@ -22,7 +22,7 @@ from trtkld.cache import (
     scale_to_hex,
 )
 from trtkld.cache.compare import json_number, tensor_diff_to_json
-from trtkld.cli.main import CLIError
+from trtkld.cli.common import CLIError
 
 DEFAULT_TOP = 20
 

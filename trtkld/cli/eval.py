@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from trtkld.cache import DEFAULT_TRT_VERSION
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -13,8 +14,9 @@ from trtkld.cli.common import (
     parse_methods,
     preprocess_from_args,
 )
+from trtkld.search.registry import METHODS
 
-ALL_METHODS = "ppq,nvidia,modelopt,max,percentile,mse,auto"
+ALL_METHODS = ",".join(METHODS)   # every registered method
 
 EXAMPLES = """\
 examples:
@@ -104,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--refine-sweeps", type=int, default=2,
                         help="coordinate-descent sweeps (default: %(default)s)")
     parser.add_argument("--trt-version", default=None,
-                        help="TensorRT version for the cache scale rules (default: 10.13.3)")
+                        help="TensorRT version for the cache scale rules (default: "
+                        f"{DEFAULT_TRT_VERSION})")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -150,7 +153,6 @@ def _sources(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.cache import DEFAULT_TRT_VERSION
     from trtkld.data import input_specs_from_onnx, open_data
     from trtkld.evaluate import evaluate, format_table, write_json
     from trtkld.evaluate.peers import resolve_peers

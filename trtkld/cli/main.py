@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Optional
 
 from trtkld._version import __version__
-from trtkld.cli.common import CLIError  # noqa: F401  (re-exported for sub-commands)
 from trtkld.errors import TrtkldError
 
 # Each module registers its own sub-parser; the order here is the order shown in --help.

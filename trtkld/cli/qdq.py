@@ -11,6 +11,7 @@ from trtkld.cli.common import (
     method_options_from_args,
     open_model_data,
     parse_methods,
+    search_options_from_args,
 )
 
 EXAMPLES = """\
@@ -84,15 +85,14 @@ def _scales(args: argparse.Namespace, model: str):
             hists = hists.merge(HistogramSet.load(extra))
         results = search_histograms(hists, methods[0], method_options=method_options)
         return {n: r.scale for n, r in results.items()}, model
-    from trtkld.cache import DEFAULT_TRT_VERSION
-    from trtkld.pipeline import calibrate
+    from trtkld.calibration import calibrate
     from trtkld.qdq import quantizable_activations
 
     model, data = open_model_data(args)
     include = [_escape(n) for n in quantizable_activations(model, _split(args.op_types))]
-    _, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
-                            include=include, quiet=args.quiet, method_options=method_options)
-    return outcomes[methods[0]].cache.scales, model
+    cal = calibrate(model, data, methods, include=include, quiet=args.quiet,
+                    **search_options_from_args(args))
+    return cal.scales(methods[0]), model
 
 
 def _escape(name: str) -> str:

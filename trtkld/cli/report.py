@@ -10,13 +10,17 @@ from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
     add_method_argument,
+    method_options_from_args,
     open_model_data,
     parse_methods,
+    search_options_from_args,
 )
+from trtkld.search.registry import METHODS
 
 log = logging.getLogger("trtkld.report")
 
-DEFAULT_METHODS = "ppq,nvidia,modelopt,max,percentile"
+# Methods compared by default: the registry's ``in_report`` records.
+DEFAULT_METHODS = ",".join(r.name for r in METHODS.values() if r.in_report)
 
 _EXAMPLES = """\
 examples:
@@ -90,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("report: give exactly one input: MODEL.onnx (with --data), "
                        f"--histograms H.npz, or --demo; found {len(given)}")
     methods = parse_methods(args.method, args.default_method)
-    options: dict = {}
-    if args.percentile is not None:
-        options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
+    options = method_options_from_args(args) or {}
     # Read the eval JSON before the (possibly long) collection so a bad path fails fast.
     eval_table = load_eval(args.eval_json) if args.eval_json else None
 
@@ -105,15 +107,13 @@ def run(args: argparse.Namespace) -> int:
         hists = HistogramSet.load(source)
         results = _search_all(hists, methods, options)
     else:
-        from trtkld.cache import DEFAULT_TRT_VERSION
-        from trtkld.pipeline import calibrate
+        from trtkld.calibration import calibrate
 
         model, data = open_model_data(args)
         source = Path(model)
-        # The report writes no cache, so the cache header version does not matter here.
-        hists, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
-                                    method_options=options, quiet=args.quiet)
-        results = {m: outcomes[m].results for m in methods}
+        cal = calibrate(model, data, methods, quiet=args.quiet,
+                        **search_options_from_args(args))
+        hists, results = cal.histograms, cal.results
         if args.save_histograms:
             hists.save(args.save_histograms)
             log.info("histograms saved to %s", args.save_histograms)

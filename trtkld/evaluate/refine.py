@@ -45,15 +45,14 @@ from typing import Any, Optional, Union
 import numpy as np
 import onnx
 
-from trtkld.data import Batch
-from trtkld.errors import DataError, ModelError
+from trtkld.data import PADDING_SUFFIX, Batch
+from trtkld.errors import DataError, EvaluationError, ModelError
 from trtkld.evaluate.metrics import sqnr_db
 from trtkld.histogram import HistogramSet
 from trtkld.qdq import DEFAULT_OP_TYPES, is_usable_scale, write_qdq_model
 from trtkld.search import SearchResult
 from trtkld.search.auto import AUTO_ORDER
 
-PADDING_SUFFIX = " (padding)"  # trtkld.data marks rows that only fill a fixed batch this way
 AUTO = "auto"
 CANDIDATES: tuple[str, ...] = (AUTO,) + AUTO_ORDER  # "auto" = that fold's own auto choice
 MAX_CHUNK = 16  # samples per ORT run when the batch dimension is free
@@ -78,7 +77,7 @@ class RefineOptions:
     def __post_init__(self) -> None:
         if self.max_tensors < 0 or self.sweeps < 0 or self.folds < 2 or not (
                 self.min_gain_db >= 0):
-            raise ValueError(
+            raise EvaluationError(
                 f"refine options: expected max_tensors >= 0, sweeps >= 0, folds >= 2, "
                 f"min_gain_db >= 0; found {self}"
             )

@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from trtkld.data import Batch, CalibrationData
+from trtkld.data import PADDING_SUFFIX, Batch, CalibrationData
 from trtkld.errors import ModelError
 from trtkld.evaluate.destructive import (
     DEFAULT_FLOOR_DB,
@@ -45,7 +45,6 @@ from trtkld.qdq import (
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-PADDING_SUFFIX = " (padding)"  # trtkld.data marks rows that only fill a fixed batch this way
 
 
 @dataclass

@@ -10,10 +10,15 @@ package (or any trtkld module) works on machines without either.
 """
 from __future__ import annotations
 
-__all__ = ["KLDCalibrator", "calibrator_class", "CalibrationError"]
+__all__ = ["KLDCalibrator", "calibrator_class", "CalibrationError", "require_calibrator_api"]
 
 
 def __getattr__(name: str):
+    if name == "require_calibrator_api":
+        # The one public door to the backend's version check (the CLI must not import _backend).
+        from trtkld.trt import _backend
+
+        return _backend.require_calibrator_api
     if name in __all__:
         from trtkld.trt import calibrator
 

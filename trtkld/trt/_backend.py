@@ -61,14 +61,6 @@ def import_tensorrt() -> Any:
         ) from exc
 
 
-def tensorrt_available() -> bool:
-    try:
-        import_tensorrt()
-    except TensorRTUnavailableError:
-        return False
-    return True
-
-
 def import_pycuda() -> tuple[Any, Any]:
     """``(pycuda.driver, pycuda.compiler)`` with CUDA initialised, or a clear error."""
     if importlib.util.find_spec("pycuda") is None:
