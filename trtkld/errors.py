@@ -41,3 +41,8 @@ class EvaluationError(TrtkldError, ValueError):
 
 class OutputError(TrtkldError, OSError):
     """A result file (engine, model, report) cannot be written; names the file and the reason."""
+
+
+class QdqCoverageError(ModelError):
+    """A Q/DQ model would quantize no weighted op, or too few of them without being asked to
+    leave any in float (e.g. weights that are not initializers, scales for another model)."""

@@ -288,7 +288,8 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
 def _refine_auto(cal, data, refine, args) -> None:
     """Replace auto's thresholds by its per-tensor methods refined on the model's output
     (trtkld.evaluate.refine); the refinement settings are recorded in the sidecar."""
-    from trtkld.evaluate.refine import materialize, refine_auto
+    from trtkld.evaluate.refine import refine_auto
+    from trtkld.fidelity import materialize
     from trtkld.search.registry import options_for_methods
 
     refined = refine_auto(cal.model, materialize(data), cal.histograms,
