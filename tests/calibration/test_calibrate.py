@@ -250,7 +250,7 @@ def test_guard_warns_and_strict_refuses_to_write(tmp_path, caplog, capsys):
     assert main(base + ["--guard-clipped", "1", "--guard-sqnr-drop", "1000"]) == 0
     assert "guard:" not in caplog.text
     out.unlink()
-    assert main(base + ["--strict"]) == 2
+    assert main(base + ["--strict"]) == 1   # EXIT_QUALITY, as eval --strict
     err = capsys.readouterr().err
     assert "guard: nvidia:" in err and "--strict: no cache written" in err
     assert not out.exists()
