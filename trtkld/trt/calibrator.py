@@ -111,8 +111,8 @@ class KLDCalibrator:
     _trt_base: Optional[type] = None
 
     def __new__(cls, *args: Any, base_class: Optional[type] = None, **kwargs: Any):
-        if cls is KLDCalibrator:
-            sub = calibrator_class(bases.resolve_base(base_class))
+        if cls._trt_base is None:  # KLDCalibrator, or a user subclass not yet on a base
+            sub = bases.derived_class(cls, bases.resolve_base(base_class))
             return sub.__new__(sub, *args, **kwargs)
         # The base's __new__ takes no constructor arguments (pybind11 and object alike).
         return cls._trt_base.__new__(cls)  # type: ignore[union-attr]
