@@ -1,5 +1,5 @@
-"""KLDCalibrator's protocol with TensorRT, on CPU: a fake ``tensorrt`` module (tests/trt_fakes.py)
-supplies the base classes, HostBufferBackend (host memory) stands in for pycuda.
+"""KLDCalibrator's protocol with TensorRT, on CPU: a fake ``tensorrt`` module (tests/helpers/
+trt_fakes.py) supplies the base classes, HostBufferBackend (host memory) stands in for pycuda.
 
 Oracles: the batches come from trtkld.data itself (iterated independently) and the bytes at the
 returned pointers are read back with ctypes; generated caches are compared with
@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from trt_fakes import CalibrationAlgoType, make_fake_tensorrt
 
+from tests.helpers.trt_fakes import CalibrationAlgoType, make_fake_tensorrt
 from trtkld.cache import parse_cache
 from trtkld.data import input_specs_from_onnx, open_data
 from trtkld.errors import DataError, TensorRTUnavailableError, TrtkldError

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_qdq import X, maxabs_scales, small_model
 
+from tests.helpers.small_model import X, maxabs_scales, small_model
 from trtkld import demo
 from trtkld.data import Batch, input_specs_from_onnx, open_data
 from trtkld.errors import DataError, ModelError

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from trt_fakes import make_fake_tensorrt
 
+from tests.helpers.trt_fakes import make_fake_tensorrt
 from trtkld.cli.main import main
 from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import Batch, input_specs_from_onnx, open_data

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from test_qdq import X, float_forward, small_model
 
+from tests.helpers.small_model import X, float_forward, small_model
 from trtkld import demo
 from trtkld.cli.main import main
 from trtkld.data import input_specs_from_onnx, open_data
