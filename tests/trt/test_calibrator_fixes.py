@@ -6,6 +6,7 @@ The same behaviours are driven through TensorRT's real bindings in test_real_bin
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,9 +14,9 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from conftest import ContextSwitchDuringBuild
 from onnx import TensorProto, helper
 
+from tests.helpers.pycuda_fake import ContextSwitchDuringBuild
 from trtkld.data import input_specs_from_onnx, open_data
 from trtkld.errors import ModelError, TensorRTUnavailableError
 from trtkld.trt.calibrator import CalibrationError, KLDCalibrator
@@ -203,14 +204,13 @@ def test_c_lazily_made_backend_would_switch_mid_build(fake_trt, fake_pycuda, two
         fake_pycuda.primary.push()
 
 
-def test_c_unclosed_backend_is_released_at_exit(tmp_path):
+def test_c_unclosed_backend_is_released_at_exit(tmp_path, repo_root):
     """An unclosed calibrator's context is popped by a finalizer, so exit does not abort."""
     script = textwrap.dedent(
         """
-        import atexit, os, sys
-        sys.path.insert(0, {tests!r})
+        import atexit, os
         import pytest
-        from conftest import install_fake_pycuda
+        from tests.helpers.pycuda_fake import install_fake_pycuda
         mp = pytest.MonkeyPatch()
         cuda = install_fake_pycuda(mp)
 
@@ -224,9 +224,11 @@ def test_c_unclosed_backend_is_released_at_exit(tmp_path):
         keep = PycudaBackend()  # never closed
         print("pushed", cuda.pushes)
         """
-    ).format(tests=str(__import__("pathlib").Path(__file__).parent))
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=str(repo_root), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pushed 1" in proc.stdout
 

@@ -14,25 +14,24 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 VERSIONS = ("8.6.1", "10.0.1", "10.16.1.11", "11.4.0.106")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_calibrator_through_real_bindings(realbind, version):
+def test_calibrator_through_real_bindings(realbind, repo_root, version):
     assert set(VERSIONS) == set(realbind.VERSIONS)
     try:
         setup = realbind.prepare(version)
     except realbind.Unavailable as exc:
         pytest.skip(f"TensorRT {version} real bindings unavailable: {exc}")
     env = realbind.subprocess_env(setup)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    cases = REPO / "tools" / "realbind" / "cases.py"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")]))
+    cases = repo_root / "tools" / "realbind" / "cases.py"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
          "--rootdir", str(cases.parent), str(cases)],
-        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=900,
+        cwd=str(repo_root), env=env, capture_output=True, text=True, timeout=900,
     )
     report = proc.stdout + proc.stderr
     print(report)  # the per-case lines (PASSED/SKIPPED with reasons) show with -rA / -s
