@@ -38,7 +38,8 @@ class Calibration:
 
     ``results[method]``: tensor name -> :class:`SearchResult` (model tensor order).
     ``findings[method]``: the guard's findings (only flagged tensors). ``options[method]``: the
-    search options as recorded in a cache's sidecar. ``model`` is None when the calibration
+    search options as recorded in a cache's sidecar; ``sidecar_extra[method]``: further sidecar
+    fields (e.g. how a measured choice was made). ``model`` is None when the calibration
     started from saved histograms (then :meth:`to_qdq` needs a model).
     """
 
@@ -47,6 +48,7 @@ class Calibration:
     outcomes: dict[str, CalibrationOutcome]
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     collector: str = "onnxruntime"
+    sidecar_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -90,6 +92,7 @@ class Calibration:
         return write_calibration_cache(
             path, self.results[method], method=method, options=self.options.get(method, {}),
             trt_version=trt_version, algorithm=algorithm, collector=self.collector,
+            extra=self.sidecar_extra.get(method),
         )
 
     def to_qdq(self, path: PathLike, method: Optional[str] = None, *,
@@ -107,14 +110,22 @@ class Calibration:
                                per_channel=per_channel)
 
     def replace_results(self, method: str, results: Mapping[str, SearchResult], *,
-                        record: Optional[Mapping[str, Any]] = None) -> None:
-        """Swap ``method``'s thresholds (e.g. refined ones); ``record`` adds to its recorded
-        options. The guard's findings no longer apply and are dropped."""
+                        record: Optional[Mapping[str, Any]] = None,
+                        findings: Optional[Mapping[str, list[GuardFinding]]] = None,
+                        sidecar: Optional[Mapping[str, Any]] = None) -> None:
+        """Swap ``method``'s thresholds (e.g. refined or output-measured ones).
+
+        ``record`` adds to its recorded search options; ``findings`` are the guard's findings
+        for the new thresholds (none given: dropped, the old ones no longer apply);
+        ``sidecar`` adds sidecar fields for its cache.
+        """
         method = self._method(method)
         self.outcomes[method] = CalibrationOutcome(method=method, results=dict(results),
-                                                   cache=None)
+                                                   cache=None, findings=dict(findings or {}))
         if record:
             self.options[method] = {**self.options.get(method, {}), **dict(record)}
+        if sidecar:
+            self.sidecar_extra[method] = {**self.sidecar_extra.get(method, {}), **dict(sidecar)}
 
 
 def open_calibration_data(

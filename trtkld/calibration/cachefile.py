@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from trtkld.cache import CalibrationCache, resolve_trt_version, sidecar, write_cache
+from trtkld.errors import CacheFormatError
 from trtkld.search import SearchResult
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -60,21 +61,28 @@ def write_calibration_cache(
     trt_version: Optional[str] = None,
     algorithm: str = DEFAULT_ALGORITHM,
     collector: str = "onnxruntime",
+    extra: Optional[Mapping[str, Any]] = None,
 ) -> bytes:
     """Write the cache of ``results`` to ``path`` and its sidecar; returns the cache bytes.
 
     ``options``: the search options that made ``results`` as they should be recorded (what a
-    later reuse check compares against). Raises CacheFormatError naming the file when either
-    write fails; the previous files are then left as they were.
+    later reuse check compares against). ``extra``: more sidecar fields (e.g. how a measured
+    choice was made); they must not shadow the standard ones. Raises CacheFormatError naming
+    the file when either write fails; the previous files are then left as they were.
     """
     cache = results_cache(results, trt_version=trt_version, algorithm=algorithm)
-    write_cache(cache, path)
-    written = cache.to_bytes()
+    written = cache.to_bytes()     # validated before anything is written
     metadata = sidecar.make_metadata(
         method=method, options=dict(options or {}), collector=collector, cache_bytes=written,
     )
     per_tensor = tensor_methods(method, results)
     if per_tensor:
         metadata["tensor_methods"] = per_tensor
+    for key, value in (extra or {}).items():
+        if key in metadata:
+            raise CacheFormatError(f"{os.fspath(path)}: sidecar field {key!r} is written by "
+                                   "trtkld itself and cannot be given as extra")
+        metadata[key] = value
+    write_cache(cache, path)
     sidecar.write_metadata(path, metadata)
     return written
