@@ -63,6 +63,11 @@ def run_search(method: str, hist: np.ndarray, *, bin_width: Optional[float] = No
         allowed = ", ".join(spec.option_names) or "none"
         raise SearchError(f"{where}search method {method!r} does not take option(s) "
                           f"{', '.join(unknown)}; it takes: {allowed}")
+    for option in spec.options:          # each option's check lives in its registry record
+        if option.name in options:
+            problem = option.problem(options[option.name])
+            if problem:
+                raise SearchError(f"{where}{problem}")
     counts = as_counts(hist, name)
     b = counts.size
     if b % spec.bins_multiple:
