@@ -192,6 +192,11 @@ class KLDCalibrator:
 
     # ------------------------------------------------------------------ state, for callers
     @property
+    def device_backend(self) -> Optional[DeviceBackend]:
+        """The device backend in use (None if this calibrator needs no device memory)."""
+        return self._device
+
+    @property
     def cache_status(self) -> Optional[str]:
         """``"reused"`` or ``"generated"`` once our cache was prepared."""
         return self.cache.status
