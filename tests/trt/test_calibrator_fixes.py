@@ -501,3 +501,30 @@ def test_h_install_hint_pins_tensorrt_below_11(monkeypatch):
         _backend.import_tensorrt()
     assert 'pip install "tensorrt-cu12<11"' in str(err.value)
     assert "TensorRT 11" in str(err.value)
+
+
+def test_g_collector_checks_host_vs_engine_dtype(tmp_path):
+    from trtkld.errors import DataError
+    from trtkld.trt.gpu_collect import collect_histograms_tensorrt
+
+    model = _model(tmp_path / "m.onnx", {"x": ["N", 4]})
+    data = _npz_data(tmp_path / "d", model, 2, {"x": (4,)}, 2)
+
+    class HalfEngine:  # an engine built with an FP16 input
+        input_names, output_names = ["x"], ["x_out"]
+
+        def __init__(self, *a):
+            pass
+
+        def input_dtype(self, name):
+            return np.dtype(np.float16)
+
+        def run(self, ptrs, shapes):
+            raise AssertionError("ran with the wrong dtype")
+
+        def close(self):
+            pass
+
+    with pytest.raises(DataError, match="dtype float32, the TensorRT engine expects float16"):
+        collect_histograms_tensorrt(model, data, num_bins=16, backend=HostBufferBackend(),
+                                    runner_factory=HalfEngine, quiet=True)
