@@ -1,5 +1,6 @@
-"""File safety shared by every stage: atomic writes, bounded reads of regular files only, output
-paths that can never land on an input, and a folder lock that keeps file pairs consistent.
+"""File safety shared by every stage: atomic writes, bounded reads of regular files only, and a
+folder lock that keeps file pairs consistent. (Layer 0: no trtkld imports; callers pass the
+error class their stage raises.)
 
 Writes: a reader (TensorRT, a second trtkld process, the user) sees either the old file or the
 complete new one, never a truncated mix. The new content goes to a temporary file with a unique
@@ -21,10 +22,8 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import IO, Callable, Optional, Union
-
-from trtkld.errors import OutputPathError, TrtkldError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -147,15 +146,8 @@ def regular_file_problem(path: PathLike) -> Optional[str]:
     return f"is {_kind_of_mode(st.st_mode)}, expected a regular file"
 
 
-def check_regular_file(path: PathLike, what: str, error: type = TrtkldError) -> None:
-    """Raise ``error`` naming ``what`` and ``path`` unless it is an existing regular file."""
-    problem = regular_file_problem(path)
-    if problem is not None:
-        raise error(f"{what} {os.fspath(path)!r} {problem}")
-
-
 def read_regular_file(
-    path: PathLike, *, limit: int, what: str, error: type = TrtkldError
+    path: PathLike, *, limit: int, what: str, error: type = OSError
 ) -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes; else ``error`` naming
     ``what``, the path, the limit and what was found.
@@ -218,65 +210,13 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------- output paths
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: PathLike, b: PathLike) -> bool:
     """Whether ``a`` and ``b`` name one file: the same inode when both exist, else the same
     resolved path (symlinks followed; case as the filesystem reports it)."""
+    a, b = os.fspath(a), os.fspath(b)
     try:
         if os.path.exists(a) and os.path.exists(b):
             return os.path.samefile(a, b)
     except OSError:
         pass
     return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
-
-
-def check_output_paths(
-    outputs: Mapping[str, PathLike],
-    inputs: Mapping[str, Iterable[PathLike]] = (),
-    *,
-    folders: Iterable[str] = (),
-) -> None:
-    """Refuse, before any work, output paths that would lose a user's file or fail late.
-
-    ``outputs`` maps a label (e.g. ``"--out"``) to a path a run will write; ``inputs`` maps a
-    label (e.g. ``"the model"``, ``"a data file"``) to the files the run reads. Raises
-    :class:`OutputPathError` naming both when an output is the same file as an input (same inode,
-    or the same resolved path), when two outputs are the same file, when an output's folder does
-    not exist or is not writable, or when a file output is an existing folder (or a folder output
-    an existing file: labels listed in ``folders``). Overwriting a previous output of trtkld is
-    allowed: only inputs and the run's own other outputs are protected.
-    """
-    folder_labels = set(folders)
-    input_items = [(label, os.fspath(p)) for label, paths in dict(inputs).items() for p in paths]
-    seen: list[tuple[str, str]] = []
-    for label, raw in outputs.items():
-        path = os.fspath(raw)
-        for in_label, in_path in input_items:
-            if _same_file(path, in_path):
-                raise OutputPathError(
-                    f"{label} {path!r} is {in_label} {in_path!r}: writing it would destroy an "
-                    f"input; choose another output path"
-                )
-        for other_label, other in seen:
-            if _same_file(path, other):
-                raise OutputPathError(
-                    f"{label} {path!r} and {other_label} {other!r} are the same file; each "
-                    f"output needs its own path"
-                )
-        seen.append((label, path))
-        is_folder_output = label in folder_labels
-        if os.path.isdir(path) and not is_folder_output:
-            raise OutputPathError(f"{label} {path!r} is a folder, expected a file path")
-        if is_folder_output and os.path.exists(path) and not os.path.isdir(path):
-            raise OutputPathError(f"{label} {path!r} exists and is not a folder")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise OutputPathError(
-                f"{label} {path!r}: folder {parent!r} does not exist (create it first)"
-            )
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OutputPathError(f"{label} {path!r}: folder {parent!r} is not writable")
-        if os.path.exists(path) and not is_folder_output and not os.access(path, os.W_OK):
-            # os.replace would still succeed in a writable folder; a read-only file is a
-            # user's statement that it must not change.
-            raise OutputPathError(f"{label} {path!r} exists and is read-only")

@@ -17,12 +17,22 @@ CALIBRATOR_MAJOR_VERSIONS = (8, 9, 10)
 
 
 # ------------------------------------------------------------------ option value types
-def percentile(text: str) -> float:
-    """``--percentile``: a number in (0, 100]."""
-    value = _float(text)
-    if not (0.0 < value <= 100.0):
-        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], found {text!r}")
-    return value
+def registry_option(option):
+    """The argparse type of a search option from the method registry: its own type, then its
+    own check (e.g. ``--percentile`` in (0, 100]), so a bad value is a usage error at parse
+    time, before any work."""
+    def convert(text: str):
+        try:
+            value = option.type(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+        problem = option.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    convert.__name__ = option.name
+    return convert
 
 
 def nonnegative_float(text: str) -> float:
@@ -162,11 +172,52 @@ def check_outputs(
     *,
     folders: Iterable[str] = (),
 ) -> None:
-    """:func:`trtkld._io.check_output_paths` with unset (None) options left out."""
-    from trtkld._io import check_output_paths
+    """Refuse, before any work, output paths that would lose a user's file or fail late.
 
-    check_output_paths(
-        {label: path for label, path in outputs.items() if path},
-        {label: [p for p in paths if p] for label, paths in inputs.items()},
-        folders=folders,
-    )
+    ``outputs`` maps a label (e.g. ``"--out"``) to a path the run will write; ``inputs`` maps a
+    label (e.g. ``"the model"``) to the files it reads; None entries (options not given) are
+    left out. Raises :class:`OutputPathError` naming both paths when an output is the same file
+    as an input (same inode, or the same resolved path: symlinks followed) or as another output,
+    when its folder does not exist or is not writable, when a file output is an existing folder
+    (a folder output, labels in ``folders``, an existing file), or when it is a read-only file.
+    Overwriting a previous output of trtkld is allowed: only inputs and the run's other outputs
+    are protected.
+    """
+    from trtkld._io import same_file
+    from trtkld.errors import OutputPathError
+
+    folder_labels = set(folders)
+    input_items = [(label, os.fspath(p)) for label, paths in inputs.items() for p in paths if p]
+    seen: list[tuple[str, str]] = []
+    for label, raw in outputs.items():
+        if not raw:
+            continue
+        path = os.fspath(raw)
+        for in_label, in_path in input_items:
+            if same_file(path, in_path):
+                raise OutputPathError(
+                    f"{label} {path!r} is {in_label} {in_path!r}: writing it would destroy an "
+                    f"input; choose another output path"
+                )
+        for other_label, other in seen:
+            if same_file(path, other):
+                raise OutputPathError(
+                    f"{label} {path!r} and {other_label} {other!r} are the same file; each "
+                    f"output needs its own path"
+                )
+        seen.append((label, path))
+        is_folder = label in folder_labels
+        if os.path.isdir(path) and not is_folder:
+            raise OutputPathError(f"{label} {path!r} is a folder, expected a file path")
+        if is_folder and os.path.exists(path) and not os.path.isdir(path):
+            raise OutputPathError(f"{label} {path!r} exists and is not a folder")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise OutputPathError(
+                f"{label} {path!r}: folder {parent!r} does not exist (create it first)"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputPathError(f"{label} {path!r}: folder {parent!r} is not writable")
+        if os.path.exists(path) and not is_folder and not os.access(path, os.W_OK):
+            # os.replace would succeed in a writable folder; a read-only file says "keep me"
+            raise OutputPathError(f"{label} {path!r} exists and is read-only")

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from typing import Optional
 
 from trtkld._version import __version__
-from trtkld.cli.common import CLIError  # noqa: F401  (re-exported for sub-commands)
+from trtkld.cli.args import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUALITY,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+)
+from trtkld.cli.common import QualityError
 from trtkld.errors import TrtkldError
 
 # Each module registers its own sub-parser; the order here is the order shown in --help.
@@ -22,6 +30,14 @@ COMMAND_MODULES = (
     "trtkld.cli.report",
     "trtkld.cli.build",
 )
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A sub-command parser whose usage errors are one line, like every other trtkld error
+    (``trtkld calibrate: error: argument --percentile: ...``), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,24 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
             "  trtkld calibrate --demo\n"
             "  trtkld calibrate model.onnx --data calib_data/ --method ppq --out model.cache\n"
             "  trtkld diff ours.cache tensorrt.cache\n"
-            "run 'trtkld COMMAND --help' for each command's options."
+            "run 'trtkld COMMAND --help' for each command's options.\n\n"
+            + EXIT_STATUS_HELP
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"trtkld {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=_OneLineErrorParser)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
-    for sub in subparsers.choices.values():
-        sub.add_argument(
+    for command in subparsers.choices.values():   # one convention, shown by every --help
+        command.epilog = ((command.epilog or "").rstrip("\n") + "\n\n" + EXIT_STATUS_HELP).lstrip()
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.add_argument(
             "--verbose", "-v", action="store_true",
-            help="list every tensor behind grouped warnings, and debug messages",
+            help="list every tensor behind grouped warnings (one line per kind by default), "
+            "and debug messages",
         )
     return parser
-
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as `yes | head -1` reports for `yes`
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -63,26 +80,35 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; returns the exit status (2: an error, printed as one line; 130:
-    interrupted; 141: stdout closed early, e.g. by ``| head``)."""
-    _configure_logging("-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:]))
+    """Run one command; returns the exit status of ``EXIT_STATUS_HELP``."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    _configure_logging("-v" in words or "--verbose" in words)  # parse-time warnings too
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            if exc.code == EXIT_USAGE:   # a usage error, already printed in one line
+                return EXIT_USAGE
+            raise                        # --help / --version: exit as argparse does
         if args.command is None:
             parser.print_help()
-            return 0
+            return EXIT_OK
         _configure_logging(args.verbose)
         try:
-            return int(args.func(args) or 0)
+            return int(args.func(args) or EXIT_OK)
+        except QualityError as exc:
+            print(f"trtkld {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_QUALITY
         except TrtkldError as exc:
             print(f"trtkld {args.command}: error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     except KeyboardInterrupt:
-        # Every file is written atomically (temp file + rename), so nothing half-written stays.
+        # Every file is written atomically (temp file + rename): nothing is left half-written.
         print("trtkld: interrupted; no partial output was left", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        # Every output file is written before tables are printed: nothing is lost.
         _silence_stdout()
         return EXIT_BROKEN_PIPE
 

@@ -49,6 +49,8 @@ DEFAULT_BATCH_SIZE = 8
 # max_samples, loaders are read up to this many samples, with a warning when it is reached.
 DEFAULT_LOADER_SAMPLE_CAP = 10_000
 LAST_BATCH_MODES = ("pad", "drop")
+# Appended to the source of a row that only fills a fixed batch (the last batch, "pad" mode);
+# readers skip such rows when every sample must count once.
 PADDING_SUFFIX = " (padding)"
 
 
