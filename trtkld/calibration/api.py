@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from trtkld import pipeline
 from trtkld.cache import CalibrationCache
 from trtkld.calibration.cachefile import (
     DEFAULT_ALGORITHM,
@@ -25,7 +26,6 @@ from trtkld.data import CalibrationData, PreprocessOptions, input_specs_from_onn
 from trtkld.errors import DataError, SearchError
 from trtkld.histogram import HistogramSet
 from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, CalibrationOutcome
-from trtkld.pipeline import calibrate as run_pipeline
 from trtkld.search import GuardFinding, SearchResult
 from trtkld.search.registry import check_methods, options_for_methods
 
@@ -169,6 +169,7 @@ def calibrate(
     hist_max: Optional[Mapping[str, float]] = None,
     guard_limits: Optional[Mapping[str, float]] = None,
     quiet: bool = False,
+    collector: str = "onnxruntime",
     **search_options: Any,
 ) -> Calibration:
     """Collect |x| histograms of ``model`` over ``data`` once and search them with ``methods``.
@@ -183,6 +184,8 @@ def calibrate(
         memory_budget_bytes: pass-1 activations kept to skip the second model pass.
         hist_max: fixed per-tensor ranges instead of pass 1 (shards merge exactly).
         guard_limits: ``max_clipped_fraction`` / ``max_sqnr_drop_db`` for the guard.
+        collector: what collected the histograms, as the sidecar records it (``"tensorrt"``
+            when ``histograms`` came from the GPU collector).
         search_options: method options from the registry, e.g. ``percentile=99.9``; each goes
             to every method that takes it.
     Raises:
@@ -200,7 +203,7 @@ def calibrate(
     if histograms is None:
         calib_data = open_calibration_data(model, data, batch_size=batch_size,
                                            preprocess=preprocess, last_batch=last_batch)
-    histograms, outcomes = run_pipeline(
+    histograms, outcomes = pipeline.calibrate(
         model, calib_data, methods,
         include=include, exclude=exclude, method_overrides=overrides, quiet=quiet,
         histograms=histograms, memory_budget_bytes=memory_budget_bytes,
@@ -213,4 +216,5 @@ def calibrate(
             options["tensor_method"] = dict(overrides)
         recorded[method] = options
     return Calibration(model=None if model is None else os.fspath(model),
-                       histograms=histograms, outcomes=outcomes, options=recorded)
+                       histograms=histograms, outcomes=outcomes, options=recorded,
+                       collector=collector)
