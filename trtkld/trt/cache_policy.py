@@ -7,7 +7,8 @@
   must vouch for the method/options/collector and the very bytes. Extend it (subclass, or add a
   check to :meth:`CachePolicy.checks`) for further provenance rules.
 - :class:`CacheMaker`: makes the cache (histograms -> search -> cache + sidecar) through one
-  call, :func:`write_calibration`, so the calibrator shares the writer of ``trtkld calibrate``.
+  call, :func:`write_calibration`, i.e. ``trtkld.calibrate()`` and its one writer, shared with
+  ``trtkld calibrate``.
 """
 from __future__ import annotations
 
@@ -118,30 +119,25 @@ def write_calibration(
 ) -> bytes:
     """Calibrate ``request.onnx`` on ``data`` and write the cache + sidecar; the cache bytes.
 
-    The one call through which the calibrator writes a cache (the same writer as ``trtkld
-    calibrate``).
+    Goes through the public API, ``trtkld.calibrate()`` and ``Calibration.write_cache`` (the
+    one cache + sidecar writer, shared with ``trtkld calibrate``). ``histograms``: collected
+    already (the ``tensorrt`` collector), so the model is not run again.
     """
-    from trtkld.cache import sidecar, write_cache
-    from trtkld.pipeline import calibrate
+    from trtkld.calibration import calibrate
 
-    _, outcomes = calibrate(
-        request.onnx, data, [request.method], trt_version=request.trt_version,
-        algorithm=request.algorithm, include=include, exclude=exclude, quiet=quiet,
-        histograms=histograms, method_options={request.method: dict(request.options)},
+    cal = calibrate(
+        request.onnx, data, [request.method], histograms=histograms, include=include,
+        exclude=exclude, quiet=quiet, **dict(request.options),
     )
-    cache = outcomes[request.method].cache
-    write_cache(cache, request.cache_file)
-    written = request.cache_file.read_bytes()
-    sidecar.write_metadata(
-        request.cache_file,
-        sidecar.make_metadata(
-            method=request.method, options=request.options, collector=request.collector,
-            cache_bytes=written,
-        ),
+    cal.collector = request.collector
+    written = cal.write_cache(
+        request.cache_file, request.method, trt_version=request.trt_version,
+        algorithm=request.algorithm,
     )
     log.info(
-        "wrote calibration cache %s: %d tensors, %s, method %s, collector %s",
-        request.cache_file, len(cache.scales), cache.header, request.method, request.collector,
+        "wrote calibration cache %s: %d tensors, TRT-%d-%s, method %s, collector %s",
+        request.cache_file, len(cal.results[request.method]), request.version_number,
+        request.algorithm, request.method, request.collector,
     )
     return written
 
