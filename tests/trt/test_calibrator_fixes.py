@@ -353,6 +353,9 @@ def test_d_build_cli_has_shape_options(capsys):
         "images": (1, 3, 224, 224), "onnx::in": (2, 5)}
     with pytest.raises(ModelError, match="NAME:DxDx"):
         parse_shapes("images=1x3", "--min-shapes")
+    assert main(["build", "model.onnx", "--min-shapes", "images=1x3"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-shapes: 'images=1x3' is not NAME:DxDx...D" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------ e
