@@ -16,6 +16,7 @@ from trtkld.cli.common import (
     parse_methods,
     resolve_trt_version,
 )
+from trtkld.cli.keepfloat import add_keep_float_ranking, apply_to_outcomes
 from trtkld.cli.summary import format_guard, format_summary
 from trtkld.errors import TrtkldError
 
@@ -162,6 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--refine-sweeps", type=int, default=2,
                         help="coordinate-descent sweeps (default: %(default)s)")
+    add_keep_float_ranking(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -202,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.cache import write_cache
     from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, calibrate
+    from trtkld.qdq import DEFAULT_OP_TYPES
 
     methods = parse_methods(args.method, args.default_method)
     overrides = _parse_overrides(args.tensor_method)
@@ -257,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
         method_options["auto"] = {**method_options.get("auto", {}), "refine": {
             "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
             "min_gain_db": refine.min_gain_db, "folds": refine.folds}}
+    # Sensitive layers: after every search, so the ranking sees each method's real scales.
+    kept = apply_to_outcomes(args, model, data, outcomes, DEFAULT_OP_TYPES)
     if args.save_histograms:
         histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
@@ -269,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s", flagged)
     for method, outcome in outcomes.items():
         write_cache(outcome.cache, outputs[method])
-        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
+        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides,
+                       keep_float=kept.get(method))
         print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
     return 0
 
@@ -304,7 +310,8 @@ def _refined_auto(model, data, histograms, refine, method_options, trt_version, 
     return CalibrationOutcome(method="auto", results=refined.results, cache=cache)
 
 
-def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:
+def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str],
+                   keep_float: Optional[Sequence[str]] = None) -> None:
     """Record what made the cache next to it (``<cache>.trtkld.json``).
 
     ``trtkld build`` / ``KLDCalibrator`` reuse the cache only when this matches what they would
@@ -329,4 +336,7 @@ def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]
     }
     if per_tensor:
         metadata["tensor_methods"] = per_tensor
+    if keep_float:
+        # Left out of the cache on purpose; trtkld qdq --cache keeps them float too.
+        metadata["keep_float"] = list(keep_float)
     sidecar.write_metadata(path, metadata)

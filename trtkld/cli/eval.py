@@ -13,6 +13,7 @@ from trtkld.cli.common import (
     parse_methods,
     preprocess_from_args,
 )
+from trtkld.cli.keepfloat import add_sensitivity_measure, rank_and_keep, sensitivity_samples
 
 ALL_METHODS = "ppq,nvidia,modelopt,max,percentile,mse,auto"
 
@@ -105,6 +106,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--refine-sweeps", type=int, default=2,
                         help="coordinate-descent sweeps (default: %(default)s)")
+    sens = parser.add_argument_group(
+        "sensitive layers",
+        "--sensitivity: for each input of a weighted op, the output fidelity on the evaluation "
+        "data when only that tensor (and its consumers' weights) is quantized, worst first; "
+        "then the top K kept in float cumulatively with the fidelity after each. Costs "
+        "(tensors + K + 2) model runs per sample.",
+    )
+    sens.add_argument("--sensitivity", action="store_true",
+                      help="add the sensitive-layer analysis (see above)")
+    sens.add_argument("--sensitivity-top", type=int, default=5, metavar="K",
+                      help="tensors kept in float cumulatively (default: %(default)s)")
+    sens.add_argument("--sensitivity-method", metavar="METHOD",
+                      help="whose scales are analysed (default: the first --method)")
+    add_sensitivity_measure(sens, samples_default=None)
     parser.add_argument("--trt-version", default=None,
                         help="TensorRT version for the cache scale rules (default: 10.13.3)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -150,6 +165,35 @@ def _sources(args: argparse.Namespace):
     if os.path.abspath(str(calib)) == os.path.abspath(str(evaluation)):
         raise CLIError(f"--eval-data {evaluation!r} is the calibration data; use held-out data")
     return model, calib, evaluation, defaults
+
+
+def _sensitivity(args, model, evaluation, report, op_types, names):
+    """The sensitivity report of ``--sensitivity-method``'s scales on the evaluation data."""
+    if not args.sensitivity:
+        return None
+    if args.sensitivity_top < 0:
+        raise CLIError(f"--sensitivity-top must be 0 or more, found {args.sensitivity_top}")
+    chosen = args.sensitivity_method or (names[0] if names else None)
+    by_name = {m.name: m for m in report.methods}
+    if chosen not in by_name:
+        raise CLIError(f"--sensitivity-method {chosen!r} was not evaluated; expected one of "
+                       f"{', '.join(by_name)}")
+    samples = sensitivity_samples(evaluation, args.sensitivity_samples)
+    print(f"sensitivity of {chosen}'s scales:")
+    return rank_and_keep(model, by_name[chosen].scales, samples, args.sensitivity_top,
+                         metric=args.sensitivity_metric, op_types=op_types,
+                         per_channel=not args.per_tensor_weights, quiet=args.quiet)
+
+
+def _add_to_json(path: str, key: str, value) -> None:
+    import json
+
+    from trtkld._io import atomic_write
+
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc[key] = value
+    atomic_write(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,8 +244,13 @@ def run(args: argparse.Namespace) -> int:
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))
+    sensitivity = _sensitivity(args, model, evaluation, report, op_types, methods + peers)
+    if sensitivity is not None:
+        print(sensitivity.format(top=max(10, args.sensitivity_top)))
     if args.json:
         write_json(report, args.json)
+        if sensitivity is not None:
+            _add_to_json(args.json, "sensitivity", sensitivity.to_json())
         print(f"json: {args.json}")
     bad = report.destructive_trtkld_methods()
     if bad and args.strict:

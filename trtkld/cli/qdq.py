@@ -12,6 +12,7 @@ from trtkld.cli.common import (
     open_model_data,
     parse_methods,
 )
+from trtkld.cli.keepfloat import add_keep_float_names, check_names, split_names
 
 EXAMPLES = """\
 examples:
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="op types whose inputs get Q/DQ (default: %(default)s)")
     parser.add_argument("--per-tensor-weights", action="store_true",
                         help="one scale per weight instead of per output channel")
+    add_keep_float_names(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -95,6 +97,21 @@ def _scales(args: argparse.Namespace, model: str):
     return outcomes[methods[0]].cache.scales, model
 
 
+def _keep_float(args: argparse.Namespace, model: str, op_types: list[str]) -> list[str]:
+    """--keep-float-names plus, with --cache, the tensors its sidecar says were kept float."""
+    from trtkld.qdq import quantizable_activations
+
+    names = split_names(args.keep_float_names)
+    if names:
+        check_names(names, quantizable_activations(model, op_types), "--keep-float-names")
+    if args.cache:
+        from trtkld.cache import sidecar
+
+        recorded = (sidecar.read_metadata(args.cache) or {}).get("keep_float") or []
+        names += [n for n in recorded if isinstance(n, str) and n not in names]
+    return names
+
+
 def _escape(name: str) -> str:
     import re
 
@@ -125,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if not op_types:
         raise CLIError("--op-types is empty")
     scales, model = _scales(args, model)
+    keep = _keep_float(args, model, op_types)
     out = args.out or ("demo.int8.onnx" if args.demo else f"{os.path.splitext(model)[0]}.int8.onnx")
     summary = write_qdq_model(model, scales, out, op_types=op_types,
-                              per_channel=not args.per_tensor_weights)
+                              per_channel=not args.per_tensor_weights, keep_float=keep)
     print(summary.describe())
     return 0
