@@ -11,25 +11,20 @@ tolerance is for hand-made corners.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from reference_searches import (  # noqa: E402
+from tests.helpers.reference_searches import (
     random_histograms,
     ref_modelopt,
     ref_nvidia,
     ref_p_q,
     ref_ppq,
 )
-
-from trtkld.errors import SearchError  # noqa: E402
-from trtkld.search import run_search  # noqa: E402
-from trtkld.search.kl_nvidia import level_starts  # noqa: E402
+from trtkld.errors import SearchError
+from trtkld.search import run_search
+from trtkld.search.kl_nvidia import level_starts
 
 KL_RTOL, KL_ATOL = 1e-8, 1e-12    # fast vs reference KL per candidate
 TIE_RTOL, TIE_ATOL = 1e-9, 1e-12  # a different pick is accepted only between KLs this close

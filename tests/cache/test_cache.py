@@ -9,13 +9,11 @@ import os
 import re
 import struct
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from trt_cache_fixtures import find_trt_cache_fixtures
 
 from trtkld.cache import (
     DEFAULT_TRT_VERSION,
@@ -35,11 +33,6 @@ FIXTURES = {
     "deimkit_trt100900_entropy2.cache": ("10.9.0", "EntropyCalibration2", 1907),
     "mpnet_trt101303_minmax.cache": ("10.13.3", "MinMaxCalibration", 842),
 }
-
-
-@pytest.fixture(scope="module")
-def fixture_dir() -> Path:
-    return find_trt_cache_fixtures(FIXTURES)
 
 
 def reference_read(data: bytes) -> tuple[str, list[tuple[str, int]]]:
@@ -76,17 +69,17 @@ def test_trt_version_number(version, number):
     assert format_trt_version(number) == ".".join(version.split(".")[:3])
 
 
-def test_version_numbers_match_the_headers_tensorrt_wrote(fixture_dir):
+def test_version_numbers_match_the_headers_tensorrt_wrote(trt_cache_dir):
     for name, (version, algorithm, _) in FIXTURES.items():
-        header = (fixture_dir / name).read_bytes().split(b"\n", 1)[0].decode()
+        header = (trt_cache_dir / name).read_bytes().split(b"\n", 1)[0].decode()
         assert header == f"TRT-{trt_version_number(version)}-{algorithm}"
-        cache = parse_cache(fixture_dir / name)
+        cache = parse_cache(trt_cache_dir / name)
         assert cache.trt_version == version
         assert format_trt_version(cache.version_number) == version
 
 
-def test_default_version_is_newest_10x_fixture(fixture_dir):
-    numbers = [parse_cache(fixture_dir / n).version_number for n in FIXTURES]
+def test_default_version_is_newest_10x_fixture(trt_cache_dir):
+    numbers = [parse_cache(trt_cache_dir / n).version_number for n in FIXTURES]
     newest = max(n for n in numbers if 100000 <= n < 110000)
     assert trt_version_number(DEFAULT_TRT_VERSION) == newest
 
@@ -122,11 +115,11 @@ def test_version_round_trip(parts):
 # --- real TensorRT files -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_fixture_parses_like_reference(fixture_dir, name):
+def test_fixture_parses_like_reference(trt_cache_dir, name):
     version, algorithm, count = FIXTURES[name]
-    data = (fixture_dir / name).read_bytes()
+    data = (trt_cache_dir / name).read_bytes()
     header, entries = reference_read(data)
-    cache = parse_cache(fixture_dir / name)
+    cache = parse_cache(trt_cache_dir / name)
     assert cache.algorithm == algorithm
     assert cache.header == header
     assert len(cache.scales) == count == len(entries)
@@ -134,12 +127,12 @@ def test_fixture_parses_like_reference(fixture_dir, name):
     assert all(isinstance(v, np.float32) for v in cache.scales.values())
     # bytes, str path and Path all give the same cache
     assert cache_bits(parse_cache(data)) == entries
-    assert cache_bits(parse_cache(str(fixture_dir / name))) == entries
+    assert cache_bits(parse_cache(str(trt_cache_dir / name))) == entries
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_fixture_round_trips_byte_for_byte(fixture_dir, name, tmp_path):
-    data = (fixture_dir / name).read_bytes()
+def test_fixture_round_trips_byte_for_byte(trt_cache_dir, name, tmp_path):
+    data = (trt_cache_dir / name).read_bytes()
     cache = parse_cache(data)
     assert cache.to_bytes(allow_nonpositive=True) == data
     out = tmp_path / name
@@ -151,37 +144,37 @@ def test_fixture_round_trips_byte_for_byte(fixture_dir, name, tmp_path):
     assert rebuilt.to_bytes(allow_nonpositive=True) == data
 
 
-def test_fixture_zero_scales_need_the_flag(fixture_dir):
+def test_fixture_zero_scales_need_the_flag(trt_cache_dir):
     # TensorRT writes 0 for some parser-made tensors; we refuse to write that by default.
-    cache = parse_cache(fixture_dir / "deimkit_trt100900_entropy2.cache")
+    cache = parse_cache(trt_cache_dir / "deimkit_trt100900_entropy2.cache")
     zero = next(n for n, v in cache.scales.items() if v == 0)
     with pytest.raises(CacheFormatError, match=re.escape(repr(zero)) + ".*zero"):
         cache.to_bytes()
     # the yolov5 file has only finite positive scales: no flag needed
-    data = (fixture_dir / "yolov5_trt8600_entropy2.cache").read_bytes()
+    data = (trt_cache_dir / "yolov5_trt8600_entropy2.cache").read_bytes()
     assert parse_cache(data).to_bytes() == data
 
 
-def test_fixture_infinite_scale_is_kept(fixture_dir):
-    cache = parse_cache(fixture_dir / "deimkit_trt100900_entropy2.cache")
+def test_fixture_infinite_scale_is_kept(trt_cache_dir):
+    cache = parse_cache(trt_cache_dir / "deimkit_trt100900_entropy2.cache")
     infinite = [n for n, v in cache.scales.items() if np.isinf(v)]
-    lines = (fixture_dir / "deimkit_trt100900_entropy2.cache").read_text().splitlines()
+    lines = (trt_cache_dir / "deimkit_trt100900_entropy2.cache").read_text().splitlines()
     assert len(infinite) == sum(line.endswith(": 7f800000") for line in lines) > 0
     with pytest.raises(CacheFormatError, match="infinite"):
         CalibrationCache(cache.version_number, cache.algorithm,
                          {infinite[0]: cache.scales[infinite[0]]}).to_bytes()
 
 
-def test_one_over_127(fixture_dir):
+def test_one_over_127(trt_cache_dir):
     cache = parse_cache(b"TRT-100900-EntropyCalibration2\nx: 3c010204\n")
     assert cache.scales["x"] == np.float32(1) / np.float32(127) == np.float32(1 / 127)
     # TensorRT wrote exactly this value for a tensor with amax 1 (a Cast of a 0/1 input)
-    mpnet = parse_cache(fixture_dir / "mpnet_trt101303_minmax.cache")
+    mpnet = parse_cache(trt_cache_dir / "mpnet_trt101303_minmax.cache")
     assert mpnet.scales["/Cast_output_0"] == np.float32(1 / 127)
 
 
-def test_names_with_colons_split_on_last_separator(fixture_dir):
-    cache = parse_cache(fixture_dir / "mpnet_trt101303_minmax.cache")
+def test_names_with_colons_split_on_last_separator(trt_cache_dir):
+    cache = parse_cache(trt_cache_dir / "mpnet_trt101303_minmax.cache")
     assert "onnx::MatMul_1472_output" in cache.scales
     cache = parse_cache(b"TRT-8601-EntropyCalibration2\na: b: c: 3f800000\nd:: 0\n e : 1\n")
     assert list(cache.scales) == ["a: b: c", "d:", " e "]

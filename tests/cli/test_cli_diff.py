@@ -12,21 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trt_cache_fixtures import find_trt_cache_fixtures
 
 from trtkld.cache import CalibrationCache, diff_caches, parse_cache, write_cache
 from trtkld.cli.main import main
-
-FIXTURE_NAMES = (
-    "yolov5_trt8600_entropy2.cache",
-    "deimkit_trt100900_entropy2.cache",
-    "mpnet_trt101303_minmax.cache",
-)
-
-
-@pytest.fixture(scope="module")
-def fixtures() -> Path:
-    return find_trt_cache_fixtures(FIXTURE_NAMES)
 
 
 def read_plain(path: Path) -> tuple[str, dict[str, int]]:
@@ -76,9 +64,9 @@ def strict_json(text: str):
 
 
 @pytest.fixture
-def edited(fixtures, tmp_path):
+def edited(trt_cache_dir, tmp_path):
     """A copy of the DEIMKit cache (TensorRT 10.9.0) with known edits; returns (A, B, edits)."""
-    original = parse_cache(fixtures / "deimkit_trt100900_entropy2.cache")
+    original = parse_cache(trt_cache_dir / "deimkit_trt100900_entropy2.cache")
     names = [n for n, v in original.scales.items() if np.isfinite(v) and v > 0]
     tripled, halved, removed = names[100], names[5], names[7]
     scales = dict(original.scales)
@@ -90,11 +78,11 @@ def edited(fixtures, tmp_path):
     path_b = tmp_path / "edited.cache"
     write_cache(b, path_b, allow_nonpositive=True)
     edits = {"tripled": tripled, "halved": halved, "removed": removed}
-    return fixtures / "deimkit_trt100900_entropy2.cache", path_b, edits
+    return trt_cache_dir / "deimkit_trt100900_entropy2.cache", path_b, edits
 
 
-def test_identical_fixture_has_no_differences(fixtures, capsys):
-    path = fixtures / "yolov5_trt8600_entropy2.cache"
+def test_identical_fixture_has_no_differences(trt_cache_dir, capsys):
+    path = trt_cache_dir / "yolov5_trt8600_entropy2.cache"
     code, out, err = run_cli(capsys, path, path, "--json")
     assert code == 0 and err == ""
     report = strict_json(out)
@@ -164,9 +152,9 @@ def test_fail_above_and_fail_on_missing(edited, capsys):
     assert run_cli(capsys, same, same, "--fail-on-missing", "--fail-above", "1")[0] == 0
 
 
-def test_two_different_models(fixtures, capsys):
-    path_a = fixtures / "deimkit_trt100900_entropy2.cache"
-    path_b = fixtures / "mpnet_trt101303_minmax.cache"
+def test_two_different_models(trt_cache_dir, capsys):
+    path_a = trt_cache_dir / "deimkit_trt100900_entropy2.cache"
+    path_b = trt_cache_dir / "mpnet_trt101303_minmax.cache"
     code, out, _ = run_cli(capsys, path_a, path_b, "--json")
     assert code == 0
     report = strict_json(out)
@@ -189,8 +177,8 @@ def test_two_different_models(fixtures, capsys):
     assert f"... and {len(report['only_in_a']) - 20} more" in out
 
 
-def test_geometric_mean_shows_a_systematic_bias(fixtures):
-    a = parse_cache(fixtures / "yolov5_trt8600_entropy2.cache")
+def test_geometric_mean_shows_a_systematic_bias(trt_cache_dir):
+    a = parse_cache(trt_cache_dir / "yolov5_trt8600_entropy2.cache")
     # the same amax written with a T/128 instead of an amax/127 rule
     b = CalibrationCache(a.version_number, a.algorithm,
                          {n: np.float32(v * np.float32(127) / np.float32(128))
@@ -216,10 +204,10 @@ def test_special_values_compare_by_bits():
     assert math.isinf(diff.max_factor)
 
 
-def test_errors_exit_2_with_file_and_line(fixtures, tmp_path, capsys):
+def test_errors_exit_2_with_file_and_line(trt_cache_dir, tmp_path, capsys):
     bad = tmp_path / "bad.cache"
     bad.write_text("TRT-100900-EntropyCalibration2\nx 3c010204\n")
-    good = fixtures / "yolov5_trt8600_entropy2.cache"
+    good = trt_cache_dir / "yolov5_trt8600_entropy2.cache"
     code, out, err = run_cli(capsys, good, bad)
     assert code == 2 and out == ""
     assert f"{bad}, line 2" in err and "x 3c010204" in err
@@ -231,10 +219,10 @@ def test_errors_exit_2_with_file_and_line(fixtures, tmp_path, capsys):
     assert code == 2 and "--top" in err
 
 
-def test_unknown_algorithm_is_a_warning(fixtures, tmp_path, capsys):
+def test_unknown_algorithm_is_a_warning(trt_cache_dir, tmp_path, capsys):
     legacy = tmp_path / "legacy.cache"
     legacy.write_text("TRT-8600-LegacyCalibration\nimages: 3c00f9f4\n")
-    code, out, err = run_cli(capsys, fixtures / "yolov5_trt8600_entropy2.cache", legacy)
+    code, out, err = run_cli(capsys, trt_cache_dir / "yolov5_trt8600_entropy2.cache", legacy)
     assert code == 0
     assert "warning:" in err and "LegacyCalibration" in err
     assert "only in A: 196 tensors" in out and "in both: 1 tensors, 1 with identical" in out

@@ -36,7 +36,7 @@ from trtkld.data import (
 from trtkld.data.preprocess import image_size
 from trtkld.errors import DataError, ModelError, TrtkldError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CALIB = ROOT / "calib_data"
 EVAL = ROOT / "eval_data"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])

@@ -311,7 +311,8 @@ def test_default_report_dir_is_next_to_the_input(tmp_path):
 def _fidelity(name: str, kind: str, results, arrays, destructive: str | None = None):
     """A MethodEval holding real per-tensor SQNR: each tensor fake-quantized (INT8 Q/DQ) with
     the method's scale, measured by trtkld.evaluate's own metrics."""
-    from trtkld.evaluate import MethodEval, fake_quantize, sqnr_db
+    from trtkld.evaluate import MethodEval
+    from trtkld.fidelity import fake_quantize, sqnr_db
 
     tensor_sqnr = {}
     for tensor, x in arrays.items():

@@ -11,23 +11,25 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_qdq import X, maxabs_scales, small_model
 
+from tests.helpers.small_model import X, maxabs_scales, small_model
 from trtkld import demo
 from trtkld.data import Batch, input_specs_from_onnx, open_data
 from trtkld.errors import DataError, ModelError
 from trtkld.evaluate.refine import (
     CANDIDATES,
     RefineOptions,
-    ScaleFeedSession,
     coordinate_descent,
-    fold_indices,
-    lift_scale_inputs,
-    materialize,
     refine_auto,
     spread_order,
 )
-from trtkld.evaluate.runner import _session
+from trtkld.fidelity import (
+    ScaleFeedSession,
+    fold_indices,
+    lift_scale_inputs,
+    materialize,
+    ort_session,
+)
 from trtkld.pipeline import collect_histograms, search_histograms
 from trtkld.qdq import quantizable_activations, write_qdq_model
 
@@ -101,7 +103,7 @@ def test_fed_scales_are_bit_identical_to_a_model_written_with_them(which, tmp_pa
                   enumerate(sorted(base.items()))}
         path = tmp_path / f"q{k}.onnx"
         write_qdq_model(model, scales, path, warn_left_float=False)
-        want = _session(path, optimize=True).run(None, {name: x})
+        want = ort_session(path, quantized=True).run(None, {name: x})
         got = feed.run({name: x}, scales)
         for a, b in zip(want, got):
             assert a.tobytes() == b.tobytes(), (which, factor)
@@ -261,9 +263,9 @@ def test_demo_held_out_objective_matches_written_models(demo_refine, tmp_path):
     """Oracle for the objective: per fold, histograms of the other fold, thresholds written
     into a Q/DQ model with write_qdq_model, run in eval's session on the held-out fold."""
     model, data, hists, samples, (first, _) = demo_refine
-    from trtkld.evaluate.metrics import sqnr_db
+    from trtkld.fidelity import sqnr_db
 
-    fp32 = _session(model, optimize=False)
+    fp32 = ort_session(model, quantized=False)
     signal = noise = 0.0
     for f, held in enumerate(fold_indices(len(samples), 2)):
         train = [samples[i] for i in range(len(samples)) if i % 2 != f]
@@ -277,7 +279,7 @@ def test_demo_held_out_objective_matches_written_models(demo_refine, tmp_path):
             scales[t] = search_histograms(fold_hists, m)[t].scale
         path = tmp_path / f"fold{f}.onnx"
         write_qdq_model(model, scales, path, warn_left_float=False)
-        sess = _session(path, optimize=True)
+        sess = ort_session(path, quantized=True)
         # One run of the held-out fold, as the refinement batches it (ORT's results may differ
         # in the last bits between batch sizes).
         feeds = {k: np.concatenate([samples[i][k] for i in held]) for k in samples[0]}

@@ -2,24 +2,19 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from reference_searches import (  # noqa: E402
+from tests.helpers.reference_searches import (
     bin_abs,
     random_histograms,
     ref_mse,
     ref_percentile_index,
     ref_sqnr_db,
 )
-
-from trtkld.errors import SearchError, TrtkldError  # noqa: E402
-from trtkld.search import (  # noqa: E402
+from trtkld.errors import SearchError, TrtkldError
+from trtkld.search import (
     DEFAULT_BINS,
     SearchResult,
     available_methods,
@@ -28,7 +23,7 @@ from trtkld.search import (  # noqa: E402
     histogram_sqnr_db,
     run_search,
 )
-from trtkld.search.auto import AUTO_ORDER, pick_best, rebin_pairs  # noqa: E402
+from trtkld.search.auto import AUTO_ORDER, pick_best, rebin_pairs
 
 METHODS = ["ppq", "nvidia", "modelopt", "max", "percentile", "mse", "auto"]
 

@@ -8,26 +8,28 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from test_qdq import X, float_forward, small_model
 
+from tests.helpers.small_model import X, float_forward, small_model
 from trtkld import demo
 from trtkld.cli.main import main
 from trtkld.data import input_specs_from_onnx, open_data
 from trtkld.evaluate import (
-    OutputAccumulator,
-    TensorAccumulator,
     evaluate,
     explain,
-    fake_quantize,
     find_destructive,
     format_table,
-    per_sample_cosine,
     report_to_json,
-    sqnr_db,
     symmetric_scale,
     worst_tensors,
 )
 from trtkld.evaluate.peers import PEERS, peer_scales
+from trtkld.fidelity import (
+    OutputAccumulator,
+    TensorAccumulator,
+    fake_quantize,
+    per_sample_cosine,
+    sqnr_db,
+)
 from trtkld.qdq import prepare_model
 from trtkld.report.evaljson import parse_eval
 

@@ -6,14 +6,21 @@ from pathlib import Path
 
 import pytest
 
+# The real caches written by TensorRT that the cache and diff tests read.
+TRT_CACHE_FIXTURES = (
+    "yolov5_trt8600_entropy2.cache",
+    "deimkit_trt100900_entropy2.cache",
+    "mpnet_trt101303_minmax.cache",
+)
+
 
 def find_trt_cache_fixtures(names: Iterable[str]) -> Path:
     """The folder holding every file in ``names``; fails the test (never skips) if none does."""
     names = sorted(names)
     here = Path(__file__).resolve()
     candidates = [
-        here.parent / "fixtures" / "trt_caches",
-        here.parents[2] / "shared" / "fixtures" / "trt_caches",
+        here.parents[1] / "fixtures" / "trt_caches",
+        here.parents[3] / "shared" / "fixtures" / "trt_caches",
     ]
     for folder in candidates:
         if all((folder / name).is_file() for name in names):
