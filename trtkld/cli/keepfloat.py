@@ -66,7 +66,7 @@ def check_names(names: Sequence[str], quantizable: Sequence[str], option: str) -
 
 def sensitivity_samples(data, limit: Optional[int]) -> list:
     """The first ``limit`` (all if None) real samples of ``data`` as feed dicts."""
-    from trtkld.evaluate.refine import materialize
+    from trtkld.fidelity import materialize
 
     if limit is not None and limit < 1:
         raise CLIError(f"--sensitivity-samples must be at least 1, found {limit}")
@@ -78,7 +78,7 @@ def rank_and_keep(model: str, scales: Mapping[str, float], samples: list, k: int
                   metric: str, op_types: Sequence[str], per_channel: bool = True,
                   quiet: bool = False):
     """Run the sensitivity analysis; returns its report (``report.top(k)`` are the tensors)."""
-    from trtkld.evaluate.sensitivity import sensitivity_analysis
+    from trtkld.fidelity import sensitivity_analysis
 
     progress = None
     if not quiet:

@@ -31,47 +31,36 @@ import onnx
 from onnx import helper
 
 from trtkld.errors import ModelError
-from trtkld.evaluate.metrics import OutputAccumulator
+from trtkld.fidelity.measure import METRICS, metric_value, output_records
+from trtkld.fidelity.metrics import OutputAccumulator
+from trtkld.fidelity.session import ort_session
 from trtkld.qdq import DEFAULT_OP_TYPES, prepare_model, write_qdq_model
 
 PathLike = Union[str, "os.PathLike[str]"]
 Samples = Sequence[Mapping[str, np.ndarray]]
 GATE_PREFIX = "trtkld_gate:"
 
-# name -> (function of per-output accumulators -> score (higher is better), unit)
+# A custom metric: per-output accumulators -> score, higher is better.
 MetricFn = Callable[[Mapping[str, OutputAccumulator]], float]
 
 
-def _worst_sqnr(accs: Mapping[str, OutputAccumulator]) -> float:
-    return min(a.sqnr_db for a in accs.values())
-
-
-def _worst_cosine(accs: Mapping[str, OutputAccumulator]) -> float:
-    return min(a.cosine for a in accs.values())
-
-
-def _top1(accs: Mapping[str, OutputAccumulator]) -> float:
-    for acc in accs.values():
-        if acc.top1_agreement is not None:
-            return acc.top1_agreement
-    raise ModelError("metric top1: the model has no classifier-shaped output ([N, C], C > 1)")
-
-
-METRICS: dict[str, tuple[MetricFn, str]] = {
-    "sqnr": (_worst_sqnr, "dB"),        # worst output SQNR vs FP32, as trtkld eval reports
-    "cosine": (_worst_cosine, ""),      # worst output's mean per-sample cosine similarity
-    "top1": (_top1, ""),                # first classifier output's top-1 agreement
-}
-
-
 def resolve_metric(metric: Union[str, MetricFn]) -> tuple[str, MetricFn, str]:
-    """(name, function, unit) for a metric name of :data:`METRICS` or a callable."""
+    """(name, function, unit) for a metric of :data:`trtkld.fidelity.METRICS` (``sqnr``: worst
+    output SQNR in dB; ``cosine``: worst output cosine; ``top1``: first classifier output's
+    top-1 agreement) or a callable of ``{output: OutputAccumulator}``."""
     if callable(metric):
         return getattr(metric, "__name__", "custom"), metric, ""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
-    fn, unit = METRICS[metric]
-    return metric, fn, unit
+
+    def score(accs: Mapping[str, OutputAccumulator]) -> float:
+        value = metric_value(output_records(accs), metric)
+        if math.isnan(value) and metric == "top1":
+            raise ModelError("metric top1: the model has no classifier-shaped output "
+                             "([N, C], C > 1); use sqnr or cosine")
+        return value
+
+    return metric, score, "dB" if metric == "sqnr" else ""
 
 
 @dataclass
@@ -154,8 +143,6 @@ class GatedQdqSession:
 
     def __init__(self, model: Union[PathLike, onnx.ModelProto], scales: Mapping[str, float], *,
                  op_types: Sequence[str] = DEFAULT_OP_TYPES, per_channel: bool = True):
-        from trtkld.evaluate.runner import _session
-
         with tempfile.TemporaryDirectory(prefix="trtkld-sensitivity-") as tmp:
             path = Path(tmp) / "sensitivity.int8.onnx"
             summary = write_qdq_model(model, scales, path, op_types=op_types,
@@ -165,7 +152,7 @@ class GatedQdqSession:
         self.tensors: list[str] = list(summary.activations)
         self.consumers: dict[str, list[str]] = {t: [] for t in self.tensors}
         self._gates = _add_gates(qdq, prepared, self.tensors, self.consumers)
-        self._session = _session(qdq.SerializeToString(), optimize=True)
+        self._session = ort_session(qdq.SerializeToString(), quantized=True)
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray], on: Sequence[str]) -> list[np.ndarray]:
@@ -273,7 +260,7 @@ def sensitivity_analysis(
         model: FP32 ONNX model.
         scales: tensor -> activation scale (a calibration result, e.g. ``cache.scales``).
         samples: inputs to measure on, one ``{input name: array}`` dict per model run (e.g.
-            :func:`trtkld.evaluate.refine.materialize` of a data source).
+            :func:`trtkld.fidelity.materialize` of a data source).
         keep_float: how many of the most sensitive tensors the cumulative steps keep in float.
         metric: ``"sqnr"`` (worst output SQNR, dB), ``"cosine"``, ``"top1"`` or a callable of
             ``{output: OutputAccumulator}`` returning a score where higher is better.
@@ -286,12 +273,10 @@ def sensitivity_analysis(
     name, fn, unit = resolve_metric(metric)
     if not samples:
         raise ModelError("sensitivity analysis needs at least one input sample")
-    from trtkld.evaluate.runner import _session
-
     session = GatedQdqSession(model, scales, op_types=op_types, per_channel=per_channel)
     # The FP32 reference as trtkld eval computes it, so "all quantized" matches its figure.
-    fp32 = _session(model if not isinstance(model, onnx.ModelProto)
-                    else model.SerializeToString(), optimize=False)
+    fp32 = ort_session(model if not isinstance(model, onnx.ModelProto)
+                       else model.SerializeToString(), quantized=False)
     references = [fp32.run(session.output_names, dict(feeds)) for feeds in samples]
     del fp32
     everything = list(session.tensors)

@@ -14,14 +14,14 @@ from trtkld import demo
 from trtkld.cli.main import main
 from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import input_specs_from_onnx, open_data
-from trtkld.evaluate.metrics import OutputAccumulator
-from trtkld.evaluate.refine import materialize
-from trtkld.evaluate.runner import _session
-from trtkld.evaluate.sensitivity import (
+from trtkld.fidelity import (
     GatedQdqSession,
-    resolve_metric,
+    OutputAccumulator,
+    materialize,
+    ort_session,
     sensitivity_analysis,
 )
+from trtkld.fidelity.sensitivity import resolve_metric
 from trtkld.qdq import quantizable_activations, write_qdq_model
 
 MODEL = str(demo.demo_model_path())
@@ -46,7 +46,7 @@ def written_sqnr(tmp_path, scales, samples, keep=()):
     here with plain numpy against the FP32 model, as trtkld eval runs both."""
     path = tmp_path / f"k{len(keep)}.onnx"
     write_qdq_model(MODEL, scales, path, keep_float=list(keep), warn_left_float=False)
-    qdq, fp32 = _session(path, optimize=True), _session(MODEL, optimize=False)
+    qdq, fp32 = ort_session(path, quantized=True), ort_session(MODEL, quantized=False)
     signal = noise = 0.0
     for feeds in samples:
         ref = fp32.run(None, feeds)[0].astype(np.float64)
@@ -65,14 +65,14 @@ def test_gated_session_is_the_written_qdq_model(setup, tmp_path):
     for keep in ([], names[2:9], names[:-1]):
         path = tmp_path / f"keep{len(keep)}.onnx"
         write_qdq_model(MODEL, scales, path, keep_float=keep, warn_left_float=False)
-        session = _session(path, optimize=True)
+        session = ort_session(path, quantized=True)
         on = [t for t in names if t not in keep]
         for feeds in samples:
             got, want = gated.run(feeds, on)[0], session.run(None, feeds)[0]
             if not keep:
                 np.testing.assert_array_equal(got, want)
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
-    fp32 = _session(MODEL, optimize=False)
+    fp32 = ort_session(MODEL, quantized=False)
     for feeds in samples:
         np.testing.assert_allclose(gated.run(feeds, [])[0], fp32.run(None, feeds)[0],
                                    rtol=1e-5, atol=1e-6)
