@@ -182,3 +182,25 @@ def test_eval_sensitivity_reports_and_writes_json(tmp_path, capsys):
     # The all-quantized figure is eval's own output SQNR for max (same models, same data).
     max_row = doc["methods"]["max"]
     assert sens["all_quantized"] == pytest.approx(max_row["output_sqnr_db"], abs=1e-4)
+
+
+def test_tensors_excluded_from_calibration_are_float_on_request_for_qdq(tmp_path, capsys):
+    """calibrate --exclude leaves most inputs out of the cache: the sidecar says so, and qdq
+    keeps them float instead of refusing a mostly-float model."""
+    calib, _ = _small_folders(tmp_path)
+    cache = tmp_path / "ex.cache"
+    pattern = r"p2o\.pd_op\.hardswish\.[0-9]+\.0"
+    assert main(["calibrate", "--demo", "--data", str(calib), "--method", "max", "-q",
+                 "--table", "none", "--exclude", pattern, "-o", str(cache)]) == 0
+    kept = json.loads((tmp_path / "ex.cache.trtkld.json").read_text())["keep_float"]
+    names = quantizable_activations(MODEL)
+    assert kept == [n for n in names if re.fullmatch(pattern, n)] and len(kept) > len(names) / 2
+    capsys.readouterr()
+    qdq = tmp_path / "ex.int8.onnx"
+    assert main(["qdq", MODEL, "--cache", str(cache), "-o", str(qdq)]) == 0
+    done = len(names) - len(kept)
+    assert f"{done} of {len(names)} weighted ops" in capsys.readouterr().out
+    # The same cache without its sidecar is refused: under half quantized, nothing requested.
+    (tmp_path / "ex.cache.trtkld.json").unlink()
+    assert main(["qdq", MODEL, "--cache", str(cache), "-o", str(tmp_path / "no.onnx")]) != 0
+    assert f"only {done} of {len(names)} weighted ops" in capsys.readouterr().err

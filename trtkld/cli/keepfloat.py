@@ -100,15 +100,18 @@ def apply_to_outcomes(args: argparse.Namespace, model: Optional[str], data,
     k = args.keep_float
     if k < 0:
         raise CLIError(f"--keep-float must be 0 or more, found {k}")
-    if not names and not k:
+    filtered = bool(getattr(args, "include", None) or getattr(args, "exclude", None))
+    if not names and not k and not filtered:
         return {}
     if k and (model is None or data is None):
         raise CLIError("--keep-float K runs the model on calibration samples; it cannot start "
                        "from --from-histograms (give the tensors with --keep-float-names)")
+    quantizable: list[str] = []
     if model is not None:
         from trtkld.qdq import quantizable_activations
 
-        check_names(names, quantizable_activations(model, op_types), "--keep-float-names")
+        quantizable = quantizable_activations(model, op_types)
+        check_names(names, quantizable, "--keep-float-names")
     samples = sensitivity_samples(data, args.sensitivity_samples) if k else []
     kept: dict[str, list[str]] = {}
     for method, outcome in outcomes.items():
@@ -122,5 +125,10 @@ def apply_to_outcomes(args: argparse.Namespace, model: Optional[str], data,
         outcome.cache = dataclasses.replace(
             outcome.cache,
             scales={n: s for n, s in outcome.cache.scales.items() if n not in set(chosen)})
-        kept[method] = chosen
+        if filtered:
+            # Tensors --include/--exclude left out are float on request too: recorded so that
+            # qdq --cache does not take them for a cache made for another model.
+            chosen += [t for t in quantizable if t not in outcome.cache.scales and t not in chosen]
+        if chosen:
+            kept[method] = chosen
     return kept
