@@ -154,7 +154,7 @@ def test_weight_computed_by_a_node_is_named_in_the_coverage_error(tmp_path):
 
 
 def test_cli_qdq_with_another_models_cache_is_an_error_not_an_fp32_model(tmp_path, capsys,
-                                                                         trt_cache_dir):
+                                                                          trt_cache_dir):
     src = tmp_path / "m.onnx"
     onnx.save(constant_weight_model(), str(src))
     cache = trt_cache_dir / "yolov5_trt8600_entropy2.cache"
