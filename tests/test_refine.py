@@ -1,4 +1,4 @@
-"""trtkld.evaluate.refine: run-time scale feeding, the greedy search, the cross-fitted
+"""trtkld.calibration.refine: run-time scale feeding, the greedy search, the cross-fitted
 held-out objective, and a real refinement of the demo model on calibration images."""
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from onnx import TensorProto, helper, numpy_helper
 from test_qdq import X, maxabs_scales, small_model
 
 from trtkld import demo
-from trtkld.data import Batch, input_specs_from_onnx, open_data
-from trtkld.errors import DataError, ModelError
-from trtkld.evaluate.refine import (
+from trtkld.calibration.refine import (
     CANDIDATES,
     RefineOptions,
     coordinate_descent,
     refine_auto,
     spread_order,
 )
+from trtkld.data import Batch, input_specs_from_onnx, open_data
+from trtkld.errors import DataError, ModelError
 from trtkld.fidelity import (
     ScaleFeedSession,
     fold_indices,

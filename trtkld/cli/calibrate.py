@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -31,6 +32,10 @@ examples:
 
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
+
+  # the recommended configuration: the rule whose INT8 model is most faithful to FP32 on
+  # calibration images held out from the histograms (every candidate's score in the sidecar)
+  trtkld calibrate model.onnx --data calib_data/ --method auto --out model.cache
 
   # keep the histograms, search them again later (or merge runs from several machines)
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
@@ -162,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--refine-sweeps", type=int, default=2,
                         help="coordinate-descent sweeps (default: %(default)s)")
+    add_auto_arguments(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -231,6 +237,14 @@ def run(args: argparse.Namespace) -> int:
     method_options = {}
     if args.percentile is not None:
         method_options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
+    measured = None
+    if "auto" in methods and refine is None:
+        if data is None:
+            logger.warning("auto without a model run (--from-histograms): each tensor gets the "
+                           "rule with the best histogram SQNR; output fidelity is not measured")
+        else:
+            measured = _measured_auto(model, data, args, overrides, hist_max, method_options)
+            histograms = measured.histograms     # the very histograms calibrate would collect
     histograms, outcomes = calibrate(
         model,
         data,
@@ -250,6 +264,12 @@ def run(args: argparse.Namespace) -> int:
             "max_sqnr_drop_db": args.guard_sqnr_drop,
         },
     )
+    if measured is not None:
+        outcomes["auto"] = _measured_outcome(measured, histograms, trt_version, args)
+        method_options = dict(method_options)
+        method_options["auto"] = {**method_options.get("auto", {}), "measured": {
+            "folds": measured.options.folds, "heldout": measured.options.heldout,
+            "metric": measured.metric, "per_tensor": measured.options.per_tensor}}
     if refine is not None:
         outcomes["auto"] = _refined_auto(model, data, histograms, refine, method_options,
                                          trt_version, args)
@@ -269,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s", flagged)
     for method, outcome in outcomes.items():
         write_cache(outcome.cache, outputs[method])
-        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
+        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides,
+                       measured if method == "auto" else None)
         print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
     return 0
 
@@ -277,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
 def _refine_options(args: argparse.Namespace, methods: list[str]):
     if not args.refine:
         return None
-    from trtkld.evaluate.refine import RefineOptions
+    from trtkld.calibration.refine import RefineOptions
 
     if "auto" not in methods:
         raise CLIError(f"--refine refines auto; add auto to --method (found {','.join(methods)})")
@@ -292,9 +313,37 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
         raise CLIError(str(exc)) from exc
 
 
+def _measured_auto(model, data, args, overrides, hist_max, method_options):
+    """The output-measured auto (trtkld.calibration.auto) on the calibration data."""
+    import time
+
+    from trtkld.calibration.auto import output_measured_auto
+
+    if overrides:
+        raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
+    if hist_max is not None:
+        raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
+    started = time.perf_counter()
+    measured = output_measured_auto(model, data, options=auto_options_from_args(args),
+                                    include=args.include, exclude=args.exclude,
+                                    method_options=method_options, quiet=args.quiet)
+    print(f"{measured.describe()} [{time.perf_counter() - started:.1f} s]")
+    return measured
+
+
+def _measured_outcome(measured, histograms, trt_version, args):
+    from trtkld.pipeline import CalibrationOutcome, guard_results, results_to_cache
+
+    cache = results_to_cache(measured.results, trt_version=trt_version, algorithm=args.algorithm)
+    findings = guard_results(histograms, measured.results,
+                             max_clipped_fraction=args.guard_clipped,
+                             max_sqnr_drop_db=args.guard_sqnr_drop)
+    return CalibrationOutcome("auto", measured.results, cache, findings)
+
+
 def _refined_auto(model, data, histograms, refine, method_options, trt_version, args):
-    """auto's outcome with its per-tensor methods refined (trtkld.evaluate.refine)."""
-    from trtkld.evaluate.refine import refine_auto
+    """auto's outcome with its per-tensor methods refined (trtkld.calibration.refine)."""
+    from trtkld.calibration.refine import refine_auto
     from trtkld.fidelity import materialize
     from trtkld.pipeline import CalibrationOutcome, results_to_cache
 
@@ -305,7 +354,8 @@ def _refined_auto(model, data, histograms, refine, method_options, trt_version, 
     return CalibrationOutcome(method="auto", results=refined.results, cache=cache)
 
 
-def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:
+def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str],
+                   measured=None) -> None:
     """Record what made the cache next to it (``<cache>.trtkld.json``).
 
     ``trtkld build`` / ``KLDCalibrator`` reuse the cache only when this matches what they would
@@ -330,4 +380,9 @@ def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]
     }
     if per_tensor:
         metadata["tensor_methods"] = per_tensor
+    if measured is not None:
+        # Every candidate's held-out score and the choice (timings stay out: deterministic).
+        record = measured.to_json()
+        record.pop("seconds", None)
+        metadata["auto"] = record
     sidecar.write_metadata(path, metadata)

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import (
     CLIError,
     add_data_arguments,
@@ -105,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="coordinate-descent sweeps (default: %(default)s)")
     parser.add_argument("--trt-version", default=None,
                         help="TensorRT version for the cache scale rules (default: 10.13.3)")
+    add_auto_arguments(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     model, calib_source, eval_source, defaults = _sources(args)
     refine = None
     if args.refine:
-        from trtkld.evaluate.refine import RefineOptions
+        from trtkld.calibration.refine import RefineOptions
 
         try:
             refine = RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
@@ -194,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         calib_description=str(calib_source),
         eval_description=str(eval_source),
         refine=refine,
+        auto=auto_options_from_args(args),
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))

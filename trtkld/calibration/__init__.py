@@ -1,0 +1,1 @@
+"""Calibration choices above the search and fidelity stages: the output-measured ``auto``."""
