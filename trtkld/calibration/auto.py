@@ -52,6 +52,8 @@ from trtkld.fidelity import (
     METRICS,
     OutputAccumulator,
     ScaleFeedSession,
+    batch_limit,
+    chunk_samples,
     is_classifier_output,
     metric_value,
     ort_session,
@@ -437,20 +439,27 @@ def clamp_to_absmax(result: SearchResult, absmax: float) -> SearchResult:
 
 
 class HeldoutScorer:
-    """Held-out fidelity of per-fold scale sets, one Q/DQ session with scales fed per run."""
+    """Held-out fidelity of per-fold scale sets, one Q/DQ session with scales fed per run.
+
+    Samples of one shape run together (up to the model's batch size, or ``MAX_CHUNK`` when the
+    batch size is free); rows that only fill a fixed batch are dropped before comparing.
+    """
 
     def __init__(self, model: PathLike, tensors: Sequence[str],
                  template: Mapping[str, float], heldout: Sequence[Sequence[dict]], *,
                  op_types: Sequence[str], per_channel: bool):
+        from trtkld.data import input_specs_from_onnx
+
         self.session = ScaleFeedSession(model, {t: template[t] for t in tensors},
                                         op_types=op_types, per_channel=per_channel)
         self.tensors = list(self.session.tensors)
         fp32 = ort_session(model, quantized=False)
         self.output_names = self.session.output_names
-        self.heldout = [list(fold) for fold in heldout]
-        self.references = [[fp32.run(self.output_names, feeds) for feeds in fold]
-                           for fold in self.heldout]
-        self.samples = sum(len(f) for f in self.heldout)
+        size, fixed = batch_limit(input_specs_from_onnx(model))
+        self.chunks = [_shape_chunks(fold, size, fixed) for fold in heldout]
+        self.references = [[[y[:real] for y in fp32.run(self.output_names, feeds)]
+                            for feeds, real in fold] for fold in self.chunks]
+        self.samples = sum(len(f) for f in heldout)
         first = self.references[0][0] if self.references and self.references[0] else []
         self.classifier = bool(first) and is_classifier_output(tuple(first[0].shape))
         self._cache: dict[tuple, dict[str, Any]] = {}
@@ -459,26 +468,38 @@ class HeldoutScorer:
     def default_metric(self) -> str:
         return "top1" if self.classifier else "sqnr"
 
+    def key_of(self, fold_scales: Sequence[Mapping[str, float]]) -> tuple:
+        """What a scale set changes in the Q/DQ model (equal keys, equal scores)."""
+        return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
+                     for s in fold_scales)
+
     def outputs(self, fold_scales: Sequence[Mapping[str, float]]) -> dict[str, Any]:
         """Per-output records (sqnr_db, cosine, top1_agreement) over every held-out sample."""
-        key = tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
-                    for s in fold_scales)
+        key = self.key_of(fold_scales)
         if key in self._cache:
             return self._cache[key]
         accs = {o: OutputAccumulator(o) for o in self.output_names}
         for fold, scales in enumerate(fold_scales):
-            for feeds, ref in zip(self.heldout[fold], self.references[fold]):
+            for (feeds, real), ref in zip(self.chunks[fold], self.references[fold]):
                 got = self.session.run(feeds, scales)
                 self.runs += 1
                 for o, y, q in zip(self.output_names, ref, got):
-                    accs[o].update(y, q)
+                    accs[o].update(y, q[:real])
         records = output_records(accs)
         self._cache[key] = records
         return records
 
-    def key_of(self, fold_scales: Sequence[Mapping[str, float]]) -> tuple:
-        return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
-                     for s in fold_scales)
+
+def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool
+                  ) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Runs of same-shape samples (data order kept within a shape): (feeds, real rows)."""
+    groups: dict[tuple, list] = {}
+    for sample in samples:
+        groups.setdefault(tuple((k, v.shape) for k, v in sample.items()), []).append(sample)
+    out = []
+    for group in groups.values():
+        out.extend(chunk_samples(group, size, fixed))
+    return out
 
 
 def _score(label: str, records: Mapping[str, Any], metric: str) -> CandidateScore:
@@ -547,14 +568,14 @@ def output_measured_auto(
         fold_results.append({label: {t: clamp_to_absmax(r, train[t].absmax)
                                      for t, r in res.items()} for label, res in raw.items()})
     whole_signed = folded.whole_signed()
-    whole_q = apply_rules(rules, whole, whole_signed, tensors, method_options)
     seconds["search"] = time.perf_counter() - t0
 
     usable = [t for t in tensors
               if all(is_usable_scale(np.float32(fr[label][t].scale))
-                     for fr in fold_results + [whole_q] for label in fr)]
+                     for fr in fold_results for label in fr)]
     t0 = time.perf_counter()
-    scorer = HeldoutScorer(model, usable, {t: whole_q[rules[0].label][t].scale for t in usable},
+    scorer = HeldoutScorer(model, usable,
+                           {t: fold_results[0][rules[0].label][t].scale for t in usable},
                            folded.heldout, op_types=op_types, per_channel=per_channel)
     metric = options.metric or scorer.default_metric()
     scores: dict[str, CandidateScore] = {}
@@ -595,6 +616,7 @@ def output_measured_auto(
             for g in range(k):
                 for t, xs in folded.probes[g].items():
                     all_samples.setdefault(t, []).extend(xs)
+            whole_q = apply_rules(rules, whole, whole_signed, scorer.tensors, method_options)
             cands = {label: {t: whole_q[label][t].scale for t in scorer.tensors}
                      for label in whole_q}
             pick = choose_per_tensor(probe, all_samples, cands, best_single.label)
