@@ -245,7 +245,7 @@ def test_one_batch_is_split_into_samples_and_one_sample_is_an_error(demo_few, tm
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(next(folder.iterdir()), lone)
-    with pytest.raises(DataError, match="2 held-out folds need at least 2 calibration samples"):
+    with pytest.raises(DataError, match="3 held-out folds need at least 3 calibration samples"):
         output_measured_auto(model, open_data(str(lone), specs, preprocess=pre), quiet=True)
 
 

@@ -25,7 +25,7 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
                        help="what auto maximises on held-out calibration samples (default: "
                        "top1 for a classifier-shaped [N, C] first output, else sqnr; ties "
                        "broken by output SQNR)")
-    group.add_argument("--auto-folds", type=int, default=2, metavar="K",
+    group.add_argument("--auto-folds", type=int, default=3, metavar="K",
                        help="held-out folds of the calibration batches (default: %(default)s)")
     group.add_argument("--auto-heldout", type=int, default=16, metavar="N",
                        help="calibration samples auto scores each candidate on (at most; "
