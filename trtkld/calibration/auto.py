@@ -24,8 +24,8 @@ output SQNR), else the worst output's SQNR (or mean cosine). The best candidate 
 the earlier candidate. A candidate is thus chosen only if it beats, held out, every rule it
 competes with, including ONNX Runtime's own rules reimplemented on the same histograms.
 
-Candidates (``candidate_rules``): the registry's auto candidates (ppq, nvidia, modelopt, mse,
-max, percentile 99.99 and 99.999), the per-tensor best-histogram-SQNR rule, ORT's entropy
+Candidates (``candidate_rules``): the registry's auto candidates (max, percentile 99.99 and
+99.999, ppq, nvidia, modelopt, mse), the per-tensor best-histogram-SQNR rule, ORT's entropy
 (signed 2048 bins, 128 quantized bins) and ORT's percentile (99.999); and ``per-tensor``:
 for each quantized tensor the rule whose threshold gives the smallest error at the output of
 the Conv/Gemm/MatMul reading it, with its real weights (:mod:`trtkld.calibration.local`),
@@ -95,22 +95,21 @@ class Rule:
 
 
 def candidate_rules(percentiles: Sequence[float] = (99.99, 99.999)) -> list[Rule]:
-    """The single rules ``auto`` compares, in tie-break order (earlier wins a tie)."""
-    from trtkld.search.auto import AUTO_ORDER
+    """The single rules ``auto`` compares, in tie-break order (earlier wins a tie): the
+    registry's auto candidates in their ``auto_rank`` order (a method taking ``percentile``
+    once per value of ``percentiles``), the per-tensor histogram-SQNR rule (registry method
+    ``auto``), then ONNX Runtime's entropy and percentile rules (:mod:`trtkld.search.ort_rules`,
+    which need histograms the registry's |x| searches do not take)."""
+    from trtkld.search.registry import auto_candidates
 
     rules: list[Rule] = []
-    for method in ("ppq", "nvidia", "modelopt", "mse", "percentile", "max"):
-        if method not in AUTO_ORDER:
-            continue
-        if method == "percentile":
+    for record in auto_candidates():
+        if "percentile" in record.option_names:
             for p in percentiles:
-                rules.append(Rule(f"percentile-{p:g}", "percentile", (("percentile", p),),
-                                  f"trtkld percentile {p:g}"))
+                rules.append(Rule(f"{record.name}-{p:g}", record.name, (("percentile", p),),
+                                  f"{record.doc} ({p:g})"))
         else:
-            rules.append(Rule(method, method, (), f"trtkld {method}"))
-    for method in AUTO_ORDER:        # methods the registry adds later compete too
-        if method not in {r.method for r in rules}:
-            rules.append(Rule(method, method, (), f"trtkld {method}"))
+            rules.append(Rule(record.name, record.name, (), record.doc))
     rules.append(Rule(HIST_AUTO, "auto", (), "per tensor, the best histogram SQNR of the above"))
     rules.append(Rule("ort-entropy", "ort-entropy", (),
                       "ONNX Runtime Entropy: signed 2048-bin histogram, 128 quantized bins"))
