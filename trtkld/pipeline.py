@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -103,6 +104,7 @@ def collect_histograms(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     hist_max: Optional[Mapping[str, float]] = None,
     collector: Optional[OnnxRuntimeCollector] = None,
+    timings: Optional[dict[str, float]] = None,
 ) -> HistogramSet:
     """Two-pass |x| histograms of every float activation of ``model`` over ``data``.
 
@@ -112,7 +114,13 @@ def collect_histograms(
     ``hist_max`` fixes each tensor's range instead of pass 1 (one model pass only); values above
     it land in the last bin. It lets shards of a data set, collected on several machines with the
     same ranges, be merged exactly (:meth:`HistogramSet.merge`).
+
+    ``timings``, when given, receives the wall seconds of each pass (``"pass 1"``,
+    ``"pass 2"``), model runs and histogramming together, for benchmarks.
     """
+    clock = time.perf_counter
+    timings = {} if timings is None else timings
+    start = clock()
     collector = collector or OnnxRuntimeCollector(model, include=include, exclude=exclude)
     if hist_max is not None:
         missing = [n for n in collector.tensor_names if n not in hist_max]
@@ -128,6 +136,7 @@ def collect_histograms(
             ((b, collector.run(b)) for b in data), data=data, desc="histograms", quiet=quiet
         ):
             hists.update_many(activations)
+        timings["pass 2"] = clock() - start
         _warn_nonfinite(hists)
         return hists
 
@@ -149,6 +158,8 @@ def collect_histograms(
                     )
                 kept = None
 
+    timings["pass 1"] = clock() - start
+    start = clock()
     # Tensors whose type was unknown until the first run may have been dropped as non-float.
     names = [n for n in collector.tensor_names if n in tracker]
     hists = HistogramSet.from_absmax({n: tracker[n] for n in names}, num_bins)
@@ -158,6 +169,7 @@ def collect_histograms(
         pass2 = ((b, collector.run(b)) for b in data)
     for _, activations in _progress(pass2, data=data, desc="pass 2/2 (histograms)", quiet=quiet):
         hists.update_many({n: activations[n] for n in names})
+    timings["pass 2"] = clock() - start
     _warn_nonfinite(hists)
     return hists
 
