@@ -27,7 +27,8 @@ float16/float32/float64 array (any shape, any strides) for them.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+import threading
+from typing import Callable, NamedTuple
 
 import numpy as np
 from numba import float32, float64, int32, int64, njit, types
@@ -98,6 +99,39 @@ def _scatter(idx, m, sub, counts, use_sub):  # pragma: no cover - numba
             counts[idx[j]] += 1
 
 
+# --------------------------------------------------------------------------- lazy loading
+class _LazyKernel:
+    """``njit(signatures)(func)``, compiled (or loaded from numba's disk cache) on first call.
+
+    Eager signatures would load every kernel at import: measured ~0.25 s CPU for all of them,
+    while a float32 model needs two (pass 1 ``minmax_32``, pass 2 ``hist_minmax_32``).
+    The lock keeps two worker threads from loading the same kernel at once.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, func: Callable, signatures: list) -> None:
+        self._func = func
+        self._signatures = signatures
+        self._dispatcher = None
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+
+    def _load(self):
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = njit(self._signatures, nogil=True, cache=True)(self._func)
+        return self._dispatcher
+
+    def __call__(self, *args):
+        dispatcher = self._dispatcher or self._load()
+        return dispatcher(*args)
+
+
+def _lazy_njit(signatures: list) -> Callable[[Callable], _LazyKernel]:
+    return lambda func: _LazyKernel(func, signatures)
+
+
 # --------------------------------------------------------------------------- public kernels
 # Inputs are typed read-only: writable arrays convert to that type, and read-only ones (np.load
 # mmap, np.frombuffer, ...) then need no second specialisation. One signature per dtype keeps
@@ -110,7 +144,7 @@ _HIST_SIG_32 = types.UniTuple(int64, 2)(_F32, _I32, float64, int64[::1])
 _HIST_SIG_64 = types.UniTuple(int64, 2)(_F64, _I64, float64, int64[::1])
 
 
-@njit([_HIST_SIG_32], nogil=True, cache=True)
+@_lazy_njit([_HIST_SIG_32])
 def hist_minmax_32(x, xi, inv_width, counts):  # pragma: no cover - numba
     """Add the bin indices of float32 ``x`` to ``counts`` and return the finite min/max keys.
 
@@ -136,7 +170,7 @@ def hist_minmax_32(x, xi, inv_width, counts):  # pragma: no cover - numba
     return np.int64(mm[0]), np.int64(mm[1])
 
 
-@njit([_HIST_SIG_64], nogil=True, cache=True)
+@_lazy_njit([_HIST_SIG_64])
 def hist_minmax_64(x, xi, inv_width, counts):  # pragma: no cover - numba
     """float64 twin of :func:`hist_minmax_32` (xi: int64 view; keys over int64)."""
     nb = counts.size - 1
@@ -157,7 +191,7 @@ def hist_minmax_64(x, xi, inv_width, counts):  # pragma: no cover - numba
     return mm[0], mm[1]
 
 
-@njit([types.UniTuple(int64, 3)(_I32)], nogil=True, cache=True)
+@_lazy_njit([types.UniTuple(int64, 3)(_I32)])
 def minmax_32(xi):  # pragma: no cover - numba
     """Pass-1 kernel: (kmin, kmax, num_nonfinite) over float32 bits ``xi`` (N,) int32."""
     kmin = np.int32(0x7FFFFFFF)
@@ -173,7 +207,7 @@ def minmax_32(xi):  # pragma: no cover - numba
     return np.int64(kmin), np.int64(kmax), np.int64(nbad)
 
 
-@njit([types.UniTuple(int64, 3)(_I64)], nogil=True, cache=True)
+@_lazy_njit([types.UniTuple(int64, 3)(_I64)])
 def minmax_64(xi):  # pragma: no cover - numba
     """float64 twin of :func:`minmax_32` (xi: (N,) int64 bits)."""
     kmin = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -189,11 +223,7 @@ def minmax_64(xi):  # pragma: no cover - numba
     return kmin, kmax, np.int64(nbad)
 
 
-@njit(
-    [types.UniTuple(int64, 3)(_F32), types.UniTuple(int64, 3)(_F64)],
-    nogil=True,
-    cache=True,
-)
+@_lazy_njit([types.UniTuple(int64, 3)(_F32), types.UniTuple(int64, 3)(_F64)])
 def classify_nonfinite(x):  # pragma: no cover - numba
     """(num_nan, num_posinf, num_neginf) of ``x`` (N,). Only run when non-finite values exist."""
     nnan = 0
@@ -208,6 +238,12 @@ def classify_nonfinite(x):  # pragma: no cover - numba
         elif v == -np.inf:
             nneg += 1
     return np.int64(nnan), np.int64(npos), np.int64(nneg)
+
+
+def load_float32_kernels() -> None:
+    """Compile or load from cache the float32 kernels of both passes (most models' dtype)."""
+    minmax_32._load()
+    hist_minmax_32._load()
 
 
 # --------------------------------------------------------------------------- python glue

@@ -25,14 +25,15 @@ import numpy as np
 from trtkld.errors import SearchError
 from trtkld.search.auto import search_auto
 from trtkld.search.baselines import search_max, search_percentile
+from trtkld.search.batch import SearchRequest, run_searches
 from trtkld.search.kl_nvidia import search_modelopt, search_nvidia
 from trtkld.search.kl_ppq import QB, search_ppq
 from trtkld.search.mse import search_mse
 from trtkld.search.quality import GuardFinding, guard_findings, histogram_sqnr_db
 from trtkld.search.result import SearchResult, as_counts, fallback_result, resolve_width
 
-__all__ = ["DEFAULT_BINS", "GuardFinding", "SearchResult", "available_methods", "get_search",
-           "guard_findings", "histogram_sqnr_db", "run_search"]
+__all__ = ["DEFAULT_BINS", "GuardFinding", "SearchRequest", "SearchResult", "available_methods",
+           "get_search", "guard_findings", "histogram_sqnr_db", "run_search", "run_searches"]
 
 DEFAULT_BINS = {"ppq": 4096, "nvidia": 2048, "modelopt": 2048, "max": 2048, "percentile": 2048,
                 "mse": 2048, "auto": 4096}
