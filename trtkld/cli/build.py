@@ -87,6 +87,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="TensorRT calibrator base class; sets the cache header algorithm "
         "(default: %(default)s = IInt8EntropyCalibrator2)",
     )
+    shapes = parser.add_argument_group(
+        "engine shapes (networks with runtime dimensions)",
+        "The engine's build profile, separate from the calibration profile (which is always "
+        "the calibration batch's shape). Each takes NAME:DxDx...D[,NAME:...] like trtexec, "
+        "e.g. --min-shapes images:1x3x224x224. An input given in none of them accepts only "
+        "the calibration shape; given in one or two, that shape fills the others.",
+    )
+    for which in ("min", "opt", "max"):
+        shapes.add_argument(
+            f"--{which}-shapes", metavar="SHAPES",
+            help=f"{which.upper()} shapes of the engine's optimization profile",
+        )
     parser.add_argument("--fp16", action="store_true", help="also allow FP16 kernels")
     parser.add_argument(
         "--workspace-mb", type=int, help="builder workspace limit in MiB (default: TensorRT's)"
@@ -114,10 +126,16 @@ def _static_shapes(model: str) -> dict[str, tuple[int, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.trt import _backend
+    from trtkld import trt as trt_layer
     from trtkld.trt import engine as trt_engine
+    from trtkld.trt.profiles import parse_shapes
 
-    trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
+    trt = trt_layer.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
+    shape_options = {
+        f"{which}_shapes": parse_shapes(getattr(args, f"{which}_shapes"), f"--{which}-shapes")
+        for which in ("min", "opt", "max")
+        if getattr(args, f"{which}_shapes")
+    }
     if args.demo or args.data or args.data_loader:
         model, data = open_model_data(args)
     else:
@@ -145,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             calib.prepare()  # outside TensorRT's callback: errors surface directly
         shapes = calib.calibration_shapes() if data is not None else _static_shapes(model)
         plan, tensor_names = trt_engine.build_int8_engine(
-            model, calib, calibration_shapes=shapes, fp16=args.fp16,
+            model, calib, calibration_shapes=shapes, fp16=args.fp16, **shape_options,
             workspace_bytes=args.workspace_mb * 2**20 if args.workspace_mb else None,
         )
         calib.check()
