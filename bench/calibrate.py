@@ -96,7 +96,7 @@ def _job_instrumented(args) -> dict:
     return {"two passes": time.perf_counter() - start}
 
 
-def _job_trtkld(args) -> dict:
+def _job_trtkld(args, prefetch: bool = False) -> dict:
     stages = {}
     clock = time.perf_counter
     t = clock()
@@ -111,7 +111,8 @@ def _job_trtkld(args) -> dict:
     stages["model + data setup"], t = clock() - t, clock()
     passes: dict[str, float] = {}
     hists = collect_histograms(args.model, data, num_bins=bins_for_methods([args.method]),
-                               quiet=True, collector=collector, timings=passes)
+                               quiet=True, collector=collector, timings=passes,
+                               prefetch=prefetch)
     stages.update(passes)
     t = clock()
     _, outcomes = calibrate(args.model, data, [args.method], trt_version="10.9.0", quiet=True,
@@ -135,18 +136,25 @@ def _job_ort(args) -> dict:
         def get_next(self):
             return next(self._it, None)
 
+    stages = {}
+    clock = time.perf_counter
     with tempfile.TemporaryDirectory() as tmp:
+        t = clock()
         calibrator = create_calibrator(
             args.model, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=CalibrationMethod.Entropy,
         )
+        stages["create_calibrator"], t = clock() - t, clock()
         calibrator.collect_data(Reader())
-        ranges = calibrator.compute_data()
-    return {"tensors": len(getattr(ranges, "data", ranges))}
+        stages["collect_data"], t = clock() - t, clock()
+        calibrator.compute_data()
+        stages["compute_data"] = clock() - t
+    return stages
 
 
 _JOBS = {"plain": _job_plain, "instrumented": _job_instrumented, "trtkld": _job_trtkld,
-         "ort": _job_ort}
+         "trtkld-prefetch": lambda args: _job_trtkld(args, prefetch=True),
+         "trtkld-2x": _job_trtkld, "ort": _job_ort}
 
 
 def _worker(argv: list[str]) -> None:
@@ -157,6 +165,8 @@ def _worker(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     result = _JOBS[args.job](args)
     result["total"] = time.perf_counter() - _T0
+    cpu = os.times()
+    result["cpu"] = cpu.user + cpu.system  # every thread of this process
     result["rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
@@ -196,7 +206,10 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=24)
     parser.add_argument("--repeat", type=int, default=2, help="best of N for each figure")
     parser.add_argument("--method", default="nvidia")
-    parser.add_argument("--jobs", default="plain,instrumented,trtkld,ort")
+    parser.add_argument(
+        "--jobs", default="plain,instrumented,trtkld,trtkld-prefetch,trtkld-2x,ort",
+        help="trtkld-prefetch: with the next model run overlapped; trtkld-2x: on twice the "
+        "inputs (memory must stay flat)")
     args = parser.parse_args()
     models = args.models.split(",")
     jobs = args.jobs.split(",")
@@ -206,15 +219,19 @@ def main() -> None:
         for name in models:
             batch, input_name = _write_inputs(name, args.inputs, Path(tmp) / name)
             setup[name] = (str(_model_path(name)), Path(tmp) / name, batch, input_name)
+            if "trtkld-2x" in jobs:
+                _write_inputs(name, 2 * args.inputs, Path(tmp) / f"{name}-2x")
         best: dict[tuple[str, str], dict] = {}
         for rep in range(args.repeat):
             for name in models:
                 model, folder, batch, input_name = setup[name]
                 for job in jobs:
-                    r = _run_job(job, model, folder, batch, input_name, args.method,
+                    where = folder.with_name(f"{name}-2x") if job.endswith("-2x") else folder
+                    r = _run_job(job, model, where, batch, input_name, args.method,
                                  Path(tmp) / f"{name}.cache")
-                    print(f"  [{rep + 1}/{args.repeat}] {name:6s} {job:12s} "
-                          f"{r['total']:7.2f} s {r['rss_mb']:7.0f} MB", flush=True)
+                    print(f"  [{rep + 1}/{args.repeat}] {name:8s} {job:16s} "
+                          f"{r['total']:7.2f} s {r['cpu']:7.2f} s CPU {r['rss_mb']:7.0f} MB",
+                          flush=True)
                     old = best.get((name, job))
                     if old is None:
                         best[(name, job)] = r
@@ -226,30 +243,37 @@ def main() -> None:
 
 
 def _report(models, jobs, best, args) -> None:
-    print(f"\n{args.inputs} inputs per model, method {args.method}, best of {args.repeat}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"\n{args.inputs} inputs per model, method {args.method}, best of {args.repeat} "
+          f"(time and memory each), {os.cpu_count()} CPUs; wall = in-process from the first "
+          "line, imports included; CPU = user + system of all the process's threads")
     for name in models:
         print(f"\n## {name}")
         for job in jobs:
             r = best[(name, job)]
-            extra = {k: v for k, v in r.items() if k not in ("total", "rss_mb", "tensors")}
-            detail = ", ".join(f"{k} {v:.2f}s" for k, v in extra.items())
-            print(f"  {job:12s} total {r['total']:7.2f} s  peak RSS {r['rss_mb']:7.0f} MB  "
-                  f"{detail}")
-        if "trtkld" in jobs and "ort" in jobs:
-            ours, ort = best[(name, "trtkld")], best[(name, "ort")]
-            print(f"  ORT Entropy / trtkld time         : {ort['total'] / ours['total']:6.2f}x "
-                  "(target >= 3)")
-            print(f"  trtkld / ORT Entropy peak RSS     : {ours['rss_mb'] / ort['rss_mb']:6.2f} "
-                  "(target <= 0.25)")
-        if "trtkld" in jobs and "instrumented" in jobs:
-            ours, instr = best[(name, "trtkld")], best[(name, "instrumented")]
-            print(f"  trtkld / two instrumented passes  : "
-                  f"{ours['total'] / instr['two passes']:6.2f}x (target <= 2)")
-        if "instrumented" in jobs and "plain" in jobs:
-            instr, plain = best[(name, "instrumented")], best[(name, "plain")]
-            print(f"  instrumented / plain pass         : "
-                  f"{instr['two passes'] / 2 / plain['pass']:6.2f}x")
+            extra = {k: v for k, v in r.items() if k not in ("total", "cpu", "rss_mb")}
+            detail = ", ".join(f"{k} {v:.2f}" for k, v in extra.items())
+            print(f"  {job:16s} wall {r['total']:6.2f} s  CPU {r['cpu']:6.2f} s  "
+                  f"peak RSS {r['rss_mb']:6.0f} MB  [{detail}]")
+
+        def ratio(label, a, b, key_a, key_b=None, target="", name=name):
+            if a in jobs and b in jobs:
+                value = best[(name, a)][key_a] / best[(name, b)][key_b or key_a]
+                print(f"  {label:44s}: {value:6.2f} {target}")
+
+        ratio("ORT Entropy / trtkld, wall", "ort", "trtkld", "total", target="(target >= 3)")
+        ratio("ORT Entropy / trtkld, CPU", "ort", "trtkld", "cpu")
+        ratio("ORT Entropy / trtkld-prefetch, wall", "ort", "trtkld-prefetch", "total")
+        ratio("trtkld / ORT Entropy, peak RSS", "trtkld", "ort", "rss_mb",
+              target="(target <= 0.25)")
+        ratio("trtkld-prefetch / ORT Entropy, peak RSS", "trtkld-prefetch", "ort", "rss_mb")
+        ratio("trtkld / two instrumented passes, wall", "trtkld", "instrumented", "total",
+              "two passes", target="(target <= 2)")
+        ratio("trtkld-prefetch / two instrumented passes", "trtkld-prefetch", "instrumented",
+              "total", "two passes")
+        ratio("trtkld on 2x inputs / on 1x, peak RSS", "trtkld-2x", "trtkld", "rss_mb",
+              target="(flat: ~1)")
+        ratio("instrumented pass / plain pass, wall", "instrumented", "plain", "two passes",
+              "pass")
 
 
 if __name__ == "__main__":
