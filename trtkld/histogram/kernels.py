@@ -15,7 +15,8 @@ Design, measured with ``bench/histogram.py``:
   into bin indices (float32 -> float64 -> ``* inv_width`` -> clamp -> int32) and at the same time
   folds min/max over the *integer* view of the same bytes (an order-preserving bit-key; integer
   min/max reductions vectorise, float ones do not without fast-math). A second, scalar loop
-  scatters the indices into 4 interleaved sub-histograms so consecutive equal indices (the many
+  scatters the indices into 4 interleaved uint16 sub-histograms (small enough for L1, flushed into
+  the int64 counts every 2**17 elements) so consecutive equal indices (the many
   exact zeros of ReLU outputs) do not serialise on store-to-load forwarding.
 * NaN and +-Inf are routed to an extra bin ``B`` ("non-finite") by the same select; only when that
   bin is non-empty does a second (rare) pass tell NaN, +Inf and -Inf apart.
@@ -34,9 +35,14 @@ import numpy as np
 from numba import float32, float64, int32, int64, njit, types
 
 _BLOCK = 1024
-# Below this many elements the 4 sub-histograms (4 * (B + 1) int64) cost more to clear and sum
+# Below this many elements the 4 sub-histograms (4 * (B + 1) uint16) cost more to clear and sum
 # than they save.
 _SUBHIST_MIN = 16384
+# The sub-histograms count in uint16 (a quarter of int64's cache footprint: 4 x 2049 bins fit
+# L1) and are flushed into the int64 counts every this many elements: one sub-histogram bin
+# then holds at most 2**15 + 3 * 2**7 < 2**16. Measured (one thread, CPU time, 8M float32):
+# 2048 bins 5.0 -> 7.2 GB/s, 4096 bins 4.5 -> 5.7 GB/s against int64 sub-histograms.
+_FLUSH_EVERY = 1 << 17
 # float16 input is widened to float32 (exactly) in chunks of this many elements.
 _F16_CHUNK = 1 << 18
 
@@ -81,6 +87,18 @@ def _block_indices_64(xb, xib, inv_width, top, bad, idx, mm):  # pragma: no cove
         kmax = max(kmax, key if fin else np.int64(-0x8000000000000000))
     mm[0] = kmin
     mm[1] = kmax
+
+
+@njit(nogil=True, cache=True)
+def _flush(sub, counts):  # pragma: no cover - numba
+    # Add the uint16 sub-histograms into the int64 counts and clear them.
+    for b in range(counts.size):
+        counts[b] += np.int64(sub[0, b]) + np.int64(sub[1, b]) + np.int64(sub[2, b]) + np.int64(
+            sub[3, b])
+        sub[0, b] = 0
+        sub[1, b] = 0
+        sub[2, b] = 0
+        sub[3, b] = 0
 
 
 @njit(nogil=True, cache=True)
@@ -156,7 +174,7 @@ def hist_minmax_32(x, xi, inv_width, counts):  # pragma: no cover - numba
     top = np.float64(nb - 1)
     bad = np.float64(nb)
     use_sub = x.size >= _SUBHIST_MIN
-    sub = np.zeros((4 if use_sub else 0, nb + 1), np.int64)
+    sub = np.zeros((4 if use_sub else 0, nb + 1), np.uint16)
     idx = np.empty(_BLOCK, np.int32)
     mm = np.array([0x7FFFFFFF, -0x80000000], np.int32)
     n = x.size
@@ -164,9 +182,10 @@ def hist_minmax_32(x, xi, inv_width, counts):  # pragma: no cover - numba
         e = min(n, s + _BLOCK)
         _block_indices_32(x[s:e], xi[s:e], inv_width, top, bad, idx, mm)
         _scatter(idx, e - s, sub, counts, use_sub)
+        if use_sub and e % _FLUSH_EVERY == 0:
+            _flush(sub, counts)
     if use_sub:
-        for b in range(nb + 1):
-            counts[b] += sub[0, b] + sub[1, b] + sub[2, b] + sub[3, b]
+        _flush(sub, counts)
     return np.int64(mm[0]), np.int64(mm[1])
 
 
@@ -177,7 +196,7 @@ def hist_minmax_64(x, xi, inv_width, counts):  # pragma: no cover - numba
     top = np.float64(nb - 1)
     bad = np.float64(nb)
     use_sub = x.size >= _SUBHIST_MIN
-    sub = np.zeros((4 if use_sub else 0, nb + 1), np.int64)
+    sub = np.zeros((4 if use_sub else 0, nb + 1), np.uint16)
     idx = np.empty(_BLOCK, np.int32)
     mm = np.array([0x7FFFFFFFFFFFFFFF, -0x8000000000000000], np.int64)
     n = x.size
@@ -185,9 +204,10 @@ def hist_minmax_64(x, xi, inv_width, counts):  # pragma: no cover - numba
         e = min(n, s + _BLOCK)
         _block_indices_64(x[s:e], xi[s:e], inv_width, top, bad, idx, mm)
         _scatter(idx, e - s, sub, counts, use_sub)
+        if use_sub and e % _FLUSH_EVERY == 0:
+            _flush(sub, counts)
     if use_sub:
-        for b in range(nb + 1):
-            counts[b] += sub[0, b] + sub[1, b] + sub[2, b] + sub[3, b]
+        _flush(sub, counts)
     return mm[0], mm[1]
 
 
