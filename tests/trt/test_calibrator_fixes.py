@@ -198,6 +198,33 @@ def test_c_a_current_context_is_reused_never_pushed_or_popped(
     assert fake_pycuda.Context.get_current() is user
 
 
+def test_c_dropped_unclosed_calibrator_pops_its_context(fake_trt, fake_pycuda, two, tmp_path):
+    import gc
+
+    model, data = two
+    calib = KLDCalibrator(data, "tensorrt", tmp_path / "m.cache", model, quiet=True)
+    assert fake_pycuda.Context.get_current() is fake_pycuda.primary
+    del calib
+    gc.collect()
+    assert fake_pycuda.Context.get_current() is None and fake_pycuda.pops == 1
+
+
+def test_c_contexts_are_per_thread(fake_trt, fake_pycuda, two, tmp_path):
+    """Built on one thread, driven from another: the error is recorded and named, not a crash."""
+    import threading
+
+    model, data = two
+    calib = KLDCalibrator(data, "tensorrt", tmp_path / "m.cache", model, quiet=True)
+    got = {}
+    worker = threading.Thread(target=lambda: got.update(ptrs=calib.get_batch(["a", "b"])))
+    worker.start()
+    worker.join()
+    assert got == {"ptrs": None}
+    with pytest.raises(CalibrationError, match="no current CUDA context on this thread"):
+        calib.check()
+    calib.close()
+
+
 def test_c_lazily_made_backend_would_switch_mid_build(fake_trt, fake_pycuda, two, tmp_path):
     """The fake does catch a push inside a build (guards the two tests above)."""
     with fake_pycuda.building(), pytest.raises(ContextSwitchDuringBuild):
@@ -474,3 +501,30 @@ def test_h_install_hint_pins_tensorrt_below_11(monkeypatch):
         _backend.import_tensorrt()
     assert 'pip install "tensorrt-cu12<11"' in str(err.value)
     assert "TensorRT 11" in str(err.value)
+
+
+def test_g_collector_checks_host_vs_engine_dtype(tmp_path):
+    from trtkld.errors import DataError
+    from trtkld.trt.gpu_collect import collect_histograms_tensorrt
+
+    model = _model(tmp_path / "m.onnx", {"x": ["N", 4]})
+    data = _npz_data(tmp_path / "d", model, 2, {"x": (4,)}, 2)
+
+    class HalfEngine:  # an engine built with an FP16 input
+        input_names, output_names = ["x"], ["x_out"]
+
+        def __init__(self, *a):
+            pass
+
+        def input_dtype(self, name):
+            return np.dtype(np.float16)
+
+        def run(self, ptrs, shapes):
+            raise AssertionError("ran with the wrong dtype")
+
+        def close(self):
+            pass
+
+    with pytest.raises(DataError, match="dtype float32, the TensorRT engine expects float16"):
+        collect_histograms_tensorrt(model, data, num_bins=16, backend=HostBufferBackend(),
+                                    runner_factory=HalfEngine, quiet=True)

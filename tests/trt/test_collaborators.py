@@ -26,7 +26,7 @@ from trtkld.trt.cache_policy import (
     write_calibration,
 )
 from trtkld.trt.device import HostBufferBackend
-from trtkld.trt.feeder import BatchFeeder, CalibrationData
+from trtkld.trt.feeder import BatchFeeder, LazyCalibrationData
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_derived_class_takes_the_algorithm_from_the_base_name():
 # ------------------------------------------------------------------------------ feeder
 def test_feeder_serves_every_batch_in_name_order_then_ends(data, model):
     backend = HostBufferBackend()
-    feeder = BatchFeeder(CalibrationData(data, None), lambda: backend)
+    feeder = BatchFeeder(LazyCalibrationData(data, None), lambda: backend)
     expected = list(data)
     for batch in expected:
         (ptr,) = feeder.next_pointers(["x"])
@@ -92,15 +92,15 @@ def test_feeder_opens_a_source_with_the_model_specs(tmp_path, model):
     folder.mkdir()
     for i in range(3):
         np.save(folder / f"x{i}.npy", np.full(3, i, np.float32))
-    cd = CalibrationData(str(folder), model, batch_size=3)
+    cd = LazyCalibrationData(str(folder), model, batch_size=3)
     assert cd.known_shapes is None
     assert cd.calibration_shapes() == {"x": (3, 3)}
     with pytest.raises(DataError, match="no data, say so"):
-        CalibrationData(None, model).require("no data, say so")
+        LazyCalibrationData(None, model).require("no data, say so")
 
 
 def test_feeder_refuses_names_the_model_lacks(data):
-    feeder = BatchFeeder(CalibrationData(data, None), HostBufferBackend)
+    feeder = BatchFeeder(LazyCalibrationData(data, None), HostBufferBackend)
     with pytest.raises(DataError, match=r"\['nope'\]"):
         feeder.next_pointers(["x", "nope"])
 

@@ -243,7 +243,10 @@ class PycudaBackend(DeviceBackend):
 
     name = "pycuda"
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, device: int = 0, kernel_compiler: str = "auto") -> None:
+        if kernel_compiler not in ("auto", "nvcc", "nvrtc"):
+            raise TrtkldError(f"kernel_compiler {kernel_compiler!r}: choose auto, nvcc or nvrtc")
+        self.kernel_compiler = kernel_compiler
         self._driver, self._compiler = import_pycuda()
         current = self._driver.Context.get_current()
         if current is not None:
@@ -266,7 +269,10 @@ class PycudaBackend(DeviceBackend):
         return self._module
 
     def _compile(self) -> Any:
-        if shutil.which("nvcc") is not None:
+        use = self.kernel_compiler
+        if use == "nvcc" or (use == "auto" and shutil.which("nvcc") is not None):
+            if shutil.which("nvcc") is None:
+                raise TensorRTUnavailableError(f"nvcc is not on PATH: {NVCC_HINT}")
             return self._compiler.SourceModule(kernels.SOURCE, no_extern_c=True)
         if import_nvrtc() is not None:
             arch = self._context.get_device().compute_capability()

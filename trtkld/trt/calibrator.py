@@ -17,12 +17,14 @@ instance is of a subclass of both :class:`KLDCalibrator` and that base, and the 
 
 TensorRT's builder calls ``read_calibration_cache()`` first: we return a cache we made (or
 reuse) from our own histograms and search, so TensorRT skips its built-in entropy search and
-never calls ``get_batch``. ``get_batch`` serves the same data to TensorRT's own calibration
-when ``method="tensorrt"`` asks for it (for comparison; its cache is written next to ours by
-``write_calibration_cache``).
+never calls ``get_batch``. ``get_batch`` serves the data only to TensorRT's own calibration,
+``method="tensorrt"`` (for comparison; its cache is written next to ours by
+``write_calibration_cache``); for any other method it refuses, so TensorRT never calibrates by
+itself behind our back.
 
-TensorRT swallows exceptions raised in these callbacks, so each callback records its error,
-logs it loudly and returns ``None``; :meth:`check` raises it after the build.
+TensorRT swallows exceptions raised in these callbacks (any ``BaseException``), so each
+callback records its error, logs it loudly and returns ``None``; :meth:`check` raises it after
+the build. Collaborators: :mod:`.bases`, :mod:`.feeder`, :mod:`.cache_policy`.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from trtkld.errors import TrtkldError
 from trtkld.trt import bases, cache_policy
 from trtkld.trt.cache_policy import CacheMaker, CachePolicy, CacheRequest
 from trtkld.trt.device import DeviceBackend
-from trtkld.trt.feeder import BatchFeeder, CalibrationData
+from trtkld.trt.feeder import BatchFeeder, LazyCalibrationData
 
 log = logging.getLogger("trtkld.trt")
 
@@ -166,7 +168,9 @@ class KLDCalibrator:
         self.exclude = list(exclude) if exclude else None
         self.quiet = quiet
 
-        self.data = CalibrationData(data, self.onnx, batch_size=batch_size, preprocess=preprocess)
+        self.data = LazyCalibrationData(
+            data, self.onnx, batch_size=batch_size, preprocess=preprocess
+        )
         self.cache = CacheMaker(
             CacheRequest(
                 cache_file=self.cache_file, trt_version=self.trt_version,
@@ -191,6 +195,11 @@ class KLDCalibrator:
             self._own_backend = True
 
     # ------------------------------------------------------------------ state, for callers
+    @property
+    def device_backend(self) -> Optional[DeviceBackend]:
+        """The device backend in use (None if this calibrator needs no device memory)."""
+        return self._device
+
     @property
     def cache_status(self) -> Optional[str]:
         """``"reused"`` or ``"generated"`` once our cache was prepared."""

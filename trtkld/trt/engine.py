@@ -400,6 +400,10 @@ class TensorRTEngineRunner:
             if n in engine_outputs and self._session.engine.get_tensor_dtype(n) == trt.float32
         ]
 
+    def input_dtype(self, name: str) -> np.dtype:
+        """numpy dtype the engine expects for input ``name``."""
+        return self._session.input_dtype(name)
+
     def run(
         self, ptrs: Mapping[str, int], shapes: Mapping[str, Sequence[int]]
     ) -> dict[str, tuple[int, int]]:

@@ -24,7 +24,7 @@ log = logging.getLogger("trtkld.trt")
 Shape = tuple[int, ...]
 
 
-class CalibrationData:
+class LazyCalibrationData:
     """The calibration data of a calibrator, opened on first use.
 
     ``data``: a :class:`trtkld.data.CalibrationData` or anything ``open_data`` accepts;
@@ -110,7 +110,7 @@ class BatchFeeder:
     consumed all data.
     """
 
-    def __init__(self, data: CalibrationData, backend: Callable[[], DeviceBackend]) -> None:
+    def __init__(self, data: LazyCalibrationData, backend: Callable[[], DeviceBackend]) -> None:
         self.data = data
         self._backend = backend
         self._iter: Any = None

@@ -145,6 +145,13 @@ def collect_histograms_tensorrt(
                 raise DataError(
                     f"batch from {', '.join(batch.sources)} lacks network input(s) {missing}"
                 )
+            dtype_of = getattr(runner, "input_dtype", None)
+            for n in runner.input_names if dtype_of is not None else ():
+                if batch.inputs[n].dtype != dtype_of(n):
+                    raise DataError(
+                        f"input {n!r} from {', '.join(batch.sources[:3])}: dtype "
+                        f"{batch.inputs[n].dtype}, the TensorRT engine expects {dtype_of(n)}"
+                    )
             ptrs = {n: buffers.upload(n, batch.inputs[n]) for n in runner.input_names}
             shapes = {n: tuple(batch.inputs[n].shape) for n in runner.input_names}
             tensors = runner.run(ptrs, shapes)
