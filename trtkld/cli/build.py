@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.trt import engine as trt_engine
     from trtkld.trt.profiles import parse_shapes
 
-    shape_options = {
+    shape_options = {  # bad input is reported first, with or without TensorRT
         f"{which}_shapes": parse_shapes(getattr(args, f"{which}_shapes"), f"--{which}-shapes")
         for which in ("min", "opt", "max")
         if getattr(args, f"{which}_shapes")

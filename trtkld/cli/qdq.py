@@ -8,6 +8,7 @@ import re
 from trtkld.cli import checks
 from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs, add_groups, split_list
 from trtkld.cli.common import CLIError
+from trtkld.cli.keepfloat import KeepFloatNamesArgs
 
 EXAMPLES = """\
 examples:
@@ -26,6 +27,7 @@ MODEL = ModelArgs(model_help="FP32 ONNX model (omit with --demo)",
                   demo_help="the demo model on calib_data/")
 DATA = DataArgs()
 METHODS = MethodArgs("ppq", single=True)
+KEEP_FLOAT = KeepFloatNamesArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "than this share of its entries (another model's cache; 1 never refuses) "
         "(default: %(default)s)",
     )
-    QuietArgs().add_to(parser)
+    add_groups(parser, KEEP_FLOAT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         "the data loader script": checks.loader_script(args.data_loader),
     })
     scales = _scales(args, choice, op_types)
+    keep = KEEP_FLOAT.parse(args, choice.path, op_types, cache=args.cache)
     summary = write_qdq_model(choice.path, scales, out, op_types=op_types,
-                              per_channel=not args.per_tensor_weights)
+                              per_channel=not args.per_tensor_weights, keep_float=keep)
     print(summary.describe())
     return 0

@@ -7,7 +7,8 @@
   must vouch for the method/options/collector and the very bytes. Extend it (subclass, or add a
   check to :meth:`CachePolicy.checks`) for further provenance rules.
 - :class:`CacheMaker`: makes the cache (histograms -> search -> cache + sidecar) through one
-  call, :func:`write_calibration`, so the calibrator shares the writer of ``trtkld calibrate``.
+  call, :func:`write_calibration`, i.e. ``trtkld.calibrate()`` and its one writer, shared with
+  ``trtkld calibrate``.
 """
 from __future__ import annotations
 
@@ -136,36 +137,26 @@ def write_calibration(
 ) -> bytes:
     """Calibrate ``request.onnx`` on ``data`` and write the cache + sidecar; the cache bytes.
 
-    The one call through which the calibrator writes a cache (the same writer as ``trtkld
-    calibrate``).
+    The one call through which the calibrator writes a cache: ``trtkld.calibrate`` and its
+    ``write_cache`` (:func:`trtkld.calibration.write_calibration_cache`), the writer of
+    ``trtkld calibrate`` too.
     """
-    from trtkld.cache import sidecar
-    from trtkld.cache.version import installed_tensorrt_version
-    from trtkld.pipeline import calibrate, fingerprints
+    from trtkld.calibration import calibrate
 
-    _, outcomes = calibrate(
-        request.onnx, data, [request.method], trt_version=request.trt_version,
-        algorithm=request.algorithm, include=include, exclude=exclude, quiet=quiet,
-        histograms=histograms, method_options={request.method: dict(request.options)},
+    cal = calibrate(
+        request.onnx, data, [request.method], include=include, exclude=exclude, quiet=quiet,
+        histograms=histograms, collector=request.collector, **dict(request.options),
     )
-    cache = outcomes[request.method].cache
-    written = cache.to_bytes()
-    made_from = fingerprints(request.onnx, data if hasattr(data, "fingerprint") else None)
-    sidecar.write_cache_and_metadata(   # one consistent pair, hashed from these bytes
-        request.cache_file, written,
-        sidecar.make_metadata(
-            method=request.method, options=request.options, collector=request.collector,
-            provenance=sidecar.make_provenance(
-                model_sha256=made_from["model_sha256"],
-                data={"data_sha256": made_from["data_sha256"], **made_from["data"]},
-                trt_version=request.trt_version,
-                tensorrt_installed=installed_tensorrt_version(),
-            ),
-        ),
-    )
+    if not cal.provenance.get("data_sha256") and hasattr(data, "fingerprint"):
+        from trtkld.pipeline import fingerprints
+
+        cal.provenance = fingerprints(request.onnx, data)   # histograms came from the GPU
+    written = cal.write_cache(request.cache_file, request.method,
+                              trt_version=request.trt_version, algorithm=request.algorithm)
     log.info(
         "wrote calibration cache %s: %d tensors, %s, method %s, collector %s",
-        request.cache_file, len(cache.scales), cache.header, request.method, request.collector,
+        request.cache_file, len(cal.results[request.method]),
+        written.split(b"\n", 1)[0].decode("ascii"), request.method, request.collector,
     )
     return written
 
