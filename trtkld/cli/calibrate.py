@@ -32,6 +32,9 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
+  # the same cache, collected in 8 shards on a local Ray cluster (or --ray ray://head:10001)
+  trtkld calibrate model.onnx --data imgs/ --method ppq --ray local --shards 8 --out model.cache
+
   # keep the histograms, search them again later (or merge runs from several machines)
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
   trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
@@ -162,6 +165,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--refine-sweeps", type=int, default=2,
                         help="coordinate-descent sweeps (default: %(default)s)")
+    scale = parser.add_argument_group(
+        "scale-out (Ray)",
+        "Collect the histograms on a Ray cluster: the ordered file list is cut into contiguous "
+        "shards, each read by its own task; the cache is byte-identical to a one-process run. "
+        "Needs the 'ray' extra (pip install 'trtkld[ray]'); MODEL and the --data files must be "
+        "reachable by every worker at the same path.",
+    )
+    scale.add_argument(
+        "--ray",
+        metavar="local|ADDRESS",
+        help="'local' starts a Ray cluster on this machine (stopped afterwards); an address "
+        "(e.g. ray://head:10001, head:6379, auto) uses a running cluster",
+    )
+    scale.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="number of contiguous shards of the data (default: the cluster's CPUs)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -207,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
     trt_version = resolve_trt_version(args.trt_version)
+    _check_scaleout(args)
 
     histograms = None
     data = None
@@ -245,6 +268,9 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=budget,
         method_options=method_options,
         hist_max=hist_max,
+        executor="ray" if args.ray else "process",
+        shards=args.shards,
+        ray_address=args.ray,
         guard_limits={
             "max_clipped_fraction": args.guard_clipped,
             "max_sqnr_drop_db": args.guard_sqnr_drop,
@@ -272,6 +298,22 @@ def run(args: argparse.Namespace) -> int:
         _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
         print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
     return 0
+
+
+def _check_scaleout(args: argparse.Namespace) -> None:
+    if args.shards is not None and not args.ray:
+        raise CLIError("--shards splits the data over a Ray cluster: add --ray local (or an "
+                       "address)")
+    if not args.ray:
+        return
+    if args.shards is not None and args.shards < 1:
+        raise CLIError(f"--shards must be at least 1, found {args.shards}")
+    if args.from_histograms:
+        raise CLIError("--ray collects histograms; with --from-histograms there is nothing to "
+                       "collect")
+    if args.data_loader:
+        raise CLIError("--ray shards files: each worker opens its own part of the --data files; "
+                       "a --data-loader cannot be split (write its samples to .npz files)")
 
 
 def _refine_options(args: argparse.Namespace, methods: list[str]):

@@ -59,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TrtkldError as exc:
         print(f"trtkld {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # files are written atomically and last, so an interrupted command left nothing behind
+        print(f"trtkld {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

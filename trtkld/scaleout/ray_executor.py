@@ -75,7 +75,7 @@ class RayCluster:
                        logging_level=logging.WARNING, configure_logging=True)
         try:
             if self.address == LOCAL:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1,
+                ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1,
                          object_store_memory=self.object_store_bytes, **options)
             else:
                 ray.init(address=self.address, **options)

@@ -1,0 +1,385 @@
+"""Sharded calibration on Ray: shard planning, exact merging, byte-identical caches, failures.
+
+The Ray tests share one local cluster of 2 CPUs (session fixture ``ray_cluster``), started once
+and shut down at the end. The oracle is always the one-process pipeline on the same data.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from trtkld.cli.main import main
+from trtkld.data import InputSpec, input_specs_from_onnx, open_data
+from trtkld.data.shards import plan_shards
+from trtkld.demo import DEMO_CALIB_DIR, DEMO_PREPROCESS, demo_model_path
+from trtkld.errors import DataError
+from trtkld.pipeline import calibrate, collect_histograms
+from trtkld.scaleout import (
+    CollectJob,
+    RayUnavailableError,
+    ShardFailedError,
+    merge_histograms,
+    merge_ranges,
+    shard_histograms,
+    shard_ranges,
+)
+from trtkld.search import available_methods
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = sorted(p for p in DEMO_CALIB_DIR.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+
+
+def _preprocess():
+    from trtkld.data import PreprocessOptions
+
+    options = dict(DEMO_PREPROCESS)
+    return PreprocessOptions.preset(options.pop("preset"), **options)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs (CI's size) for the whole session, small object store."""
+    try:
+        import ray
+    except ImportError as exc:  # the test extra installs ray; say so loudly if it did not
+        pytest.skip(f"ray is not installed ({exc}); pip install 'trtkld[ray]' to run this test")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+             log_to_driver=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def six_images(tmp_path_factory) -> Path:
+    """The first six demo calibration images, in their own folder."""
+    folder = tmp_path_factory.mktemp("six")
+    for path in IMAGES[:6]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(six_images):
+    """Histograms and every method's outcome from the one-process pipeline (the oracle)."""
+    data = _demo_data(six_images, batch_size=2)
+    return calibrate(str(demo_model_path()), data, available_methods(), trt_version="10.9.0",
+                     quiet=True)
+
+
+def _demo_data(folder, batch_size=2, model=None):
+    model = model or str(demo_model_path())
+    return open_data(str(folder), input_specs_from_onnx(model), batch_size=batch_size,
+                     preprocess=_preprocess())
+
+
+def _batches(data):
+    return [(b.sources, {k: v.copy() for k, v in b.inputs.items()}) for b in data]
+
+
+def _assert_same_batches(whole, parts):
+    expected = _batches(whole)
+    found = [b for part in parts for b in _batches(part)]
+    assert [s for s, _ in found] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(found, expected):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(a[k], b[k])
+
+
+# ---- shard planning (no Ray) -------------------------------------------------------------
+
+def test_plan_shards_contiguous_balanced_and_capped(six_images):
+    data = _demo_data(six_images, batch_size=2)             # 3 batches of 2
+    files = [os.path.join(str(six_images), p.name) for p in IMAGES[:6]]
+    for n, sizes in [(1, [6]), (2, [2, 4]), (3, [2, 2, 2]), (5, [2, 2, 2])]:
+        shards = plan_shards(data, n)
+        assert [len(s.paths) for s in shards] == sizes
+        assert [p for s in shards for p in s.paths] == files
+        assert [s.index for s in shards] == list(range(len(shards)))
+        assert sum(s.num_batches for s in shards) == len(data)
+        _assert_same_batches(data, [s.data for s in shards])
+    assert "files 2-5" in plan_shards(data, 2)[1].describe()
+
+
+def _npy_folder(tmp_path, rows_per_file, shape=(3, 4, 4)):
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i, rows in enumerate(rows_per_file):
+        sample_shape = shape if not isinstance(rows, tuple) else rows[1]
+        count = rows if not isinstance(rows, tuple) else rows[0]
+        np.save(folder / f"part{i:02d}.npy",
+                rng.normal(size=(count, *sample_shape)).astype(np.float32))
+    return folder
+
+
+def test_plan_shards_cuts_only_where_a_file_and_a_batch_start(tmp_path):
+    # files of 3 samples, batches of 2: file starts 0,3,6,9 / batch starts 0,2,4,...;
+    # shards may only start at sample 0 or 6
+    folder = _npy_folder(tmp_path, [3, 3, 3, 3])
+    spec = [InputSpec("x", (None, 3, 4, 4), np.dtype(np.float32))]
+    data = open_data(str(folder), spec, batch_size=2)
+    shards = plan_shards(data, 4)
+    assert [s.first_file for s in shards] == [0, 2]
+    assert [s.num_samples for s in shards] == [6, 6]
+    _assert_same_batches(data, [s.data for s in shards])
+
+
+@pytest.mark.parametrize("last_batch", ["pad", "drop"])
+def test_plan_shards_fixed_batch_and_shape_changes(tmp_path, last_batch):
+    # fixed batch 2, dynamic H/W: shape changes close short groups, which are padded (or
+    # dropped) exactly as in the whole data
+    shapes = [(1, (3, 4, 4)), (1, (3, 4, 4)), (1, (3, 4, 4)), (2, (3, 5, 5)), (1, (3, 4, 4)),
+              (1, (3, 4, 4)), (3, (3, 6, 6))]
+    folder = _npy_folder(tmp_path, shapes)
+    spec = [InputSpec("x", (2, 3, "h", "w"), np.dtype(np.float32))]
+    data = open_data(str(folder), spec, last_batch=last_batch)
+    for n in (1, 2, 3, 4, 9):
+        shards = plan_shards(data, n)
+        assert all(s.num_batches >= 1 for s in shards)
+        assert [p for s in shards for p in s.paths] == data.source.paths
+        _assert_same_batches(data, [s.data for s in shards])
+
+
+def test_plan_shards_rejects_loaders_and_bad_counts(six_images):
+    spec = [InputSpec("x", (None, 3), np.dtype(np.float32))]
+    loader = open_data(lambda: [{"x": np.ones((2, 3), np.float32)}], spec)
+    with pytest.raises(DataError, match="only data read from files"):
+        plan_shards(loader, 2)
+    with pytest.raises(DataError, match="positive integer"):
+        plan_shards(_demo_data(six_images), 0)
+
+
+# ---- shard work merged in-process (no Ray): the exactness argument itself --------------
+
+def test_shard_work_merges_to_the_one_process_histograms(six_images, one_process):
+    model = str(demo_model_path())
+    data = _demo_data(six_images, batch_size=2)
+    whole, _ = one_process
+    job = CollectJob(model=model, num_bins=4096)
+    shards = plan_shards(data, 3)
+    ranges = merge_ranges([shard_ranges(job, s.data) for s in shards])
+    parts = [shard_histograms(job, s.data, ranges.absmax(), list(ranges.names)) for s in shards]
+    merged = merge_histograms(parts)
+    assert merged == whole
+    assert list(merged) == list(whole)
+    # each shard alone saw a smaller range for some tensors: the shared range is what merges
+    alone = [shard_ranges(job, s.data).absmax() for s in shards]
+    assert any(a[n] < ranges.absmax()[n] for a in alone for n in ranges.names)
+
+
+# ---- on Ray -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_ray_caches_are_byte_identical_for_every_method(ray_cluster, six_images, one_process,
+                                                        shards):
+    model = str(demo_model_path())
+    data = _demo_data(six_images, batch_size=2)
+    methods = available_methods()
+    hists, outcomes = one_process
+    ray_hists, ray_outcomes = calibrate(model, data, methods, trt_version="10.9.0", quiet=True,
+                                        executor="ray", shards=shards)
+    assert ray_hists == hists
+    for method in methods:
+        assert ray_outcomes[method].cache.to_bytes() == outcomes[method].cache.to_bytes(), method
+
+
+def test_ray_fixed_batch_with_padding_and_given_ranges(ray_cluster, six_images, tmp_path):
+    from trtkld.scaleout import collect_histograms_ray
+
+    # the demo model re-exported with a fixed batch of 4: 6 images -> 4 + (2 + 2 padding)
+    proto = onnx.load(str(demo_model_path()))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    fixed = str(tmp_path / "fixed4.onnx")
+    onnx.save(proto, fixed)
+    data = _demo_data(six_images, batch_size=None, model=fixed)
+    assert data.num_padded == 2
+    whole = collect_histograms(fixed, data, num_bins=2048, quiet=True)
+    assert collect_histograms_ray(fixed, data, num_bins=2048, shards=2, quiet=True) == whole
+    ranges = {n: 2 * h.hist_max for n, h in whole.items()}   # ranges given: one pass only
+    assert collect_histograms_ray(fixed, data, num_bins=2048, shards=2, hist_max=ranges,
+                                  quiet=True) == \
+        collect_histograms(fixed, data, num_bins=2048, hist_max=ranges, quiet=True)
+
+
+def test_ray_cli_writes_the_same_cache_with_one_progress_bar(ray_cluster, six_images, tmp_path,
+                                                             capsys):
+    model = str(demo_model_path())
+    common = ["calibrate", model, "--data", str(six_images), "--batch-size", "2",
+              "--preset", "imagenet", "--method", "ppq,nvidia", "--trt-version", "10.9.0",
+              "--table", "none"]
+    assert main(common + ["-q", "--out", str(tmp_path / "one.{method}.cache")]) == 0
+    capsys.readouterr()
+    assert main(common + ["--ray", "local", "--shards", "3",
+                          "--out", str(tmp_path / "ray.{method}.cache")]) == 0
+    err = capsys.readouterr().err
+    assert "ray pass 2/2 (histograms)" in err and "6/6" in err   # 3 shards x 2 passes
+    for method in ("ppq", "nvidia"):
+        assert (tmp_path / f"ray.{method}.cache").read_bytes() == \
+            (tmp_path / f"one.{method}.cache").read_bytes()
+
+
+def test_ray_retries_a_failing_task_then_names_the_shard(ray_cluster, six_images, tmp_path):
+    from trtkld.scaleout.ray_executor import ShardRunner
+
+    data = _demo_data(six_images, batch_size=2)
+    shards = plan_shards(data, 2)
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+
+    def flaky(log_dir, shard_data):
+        # fails on its first attempt only: Ray's retry must run it again
+        first = shard_data.source.paths[0]
+        marker = os.path.join(log_dir, os.path.basename(first))
+        with open(marker, "a") as handle:
+            handle.write("x")
+        if os.path.getsize(marker) == 1:
+            raise OSError(f"transient failure reading {first}")
+        return shard_data.num_samples
+
+    runner = ShardRunner(ray_cluster, shards, total_steps=2, max_retries=2, quiet=True)
+    assert runner.map(flaky, str(attempts), desc="flaky") == [2, 4]
+    assert sorted(p.stat().st_size for p in attempts.iterdir()) == [2, 2]
+
+    def broken(log_dir, shard_data):
+        if shard_data.source.paths[0].endswith(IMAGES[2].name):
+            with open(os.path.join(log_dir, "broken"), "a") as handle:
+                handle.write("x")
+            raise ValueError("this shard cannot be read")
+        return 0
+
+    runner = ShardRunner(ray_cluster, shards, total_steps=2, max_retries=1, quiet=True)
+    with pytest.raises(ShardFailedError) as info:
+        runner.map(broken, str(attempts), desc="broken")
+    message = str(info.value)
+    assert "shard 1 (files 2-5" in message and IMAGES[2].name in message
+    assert IMAGES[5].name in message and "after 1 retry" in message
+    assert "ValueError: this shard cannot be read" in message
+    assert (attempts / "broken").stat().st_size == 2      # first attempt + 1 retry
+
+
+def test_ray_corrupt_image_fails_with_the_shard_and_file(ray_cluster, six_images, tmp_path):
+    from trtkld.scaleout import collect_histograms_ray
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(six_images, folder)
+    victim = folder / IMAGES[4].name
+    content = victim.read_bytes()
+    victim.write_bytes(content[:len(content) // 2])   # header intact, pixels cut off
+    data = _demo_data(folder, batch_size=2)
+    with pytest.raises(ShardFailedError) as info:
+        collect_histograms_ray(str(demo_model_path()), data, num_bins=2048, shards=3,
+                               quiet=True, max_retries=0)
+    message = str(info.value)
+    assert "shard 2 (files 4-5" in message and str(victim) in message
+
+
+def test_missing_ray_names_the_extra(monkeypatch, six_images, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)     # "import ray" now raises ImportError
+    from trtkld.scaleout.ray_executor import import_ray
+
+    with pytest.raises(RayUnavailableError, match=r"pip install 'trtkld\[ray\]'"):
+        import_ray()
+    rc = main(["calibrate", str(demo_model_path()), "--data", str(six_images), "--ray", "local",
+               "--trt-version", "10.9.0", "-q", "--out", str(tmp_path / "never.cache")])
+    assert rc == 2 and not (tmp_path / "never.cache").exists()
+    err = capsys.readouterr().err
+    assert "'ray' extra" in err and "Traceback" not in err
+
+
+def test_cli_scaleout_option_errors(six_images, capsys):
+    model = str(demo_model_path())
+    base = ["calibrate", model, "--trt-version", "10.9.0", "-q"]
+    cases = [
+        (["--data", str(six_images), "--shards", "2"], "add --ray local"),
+        (["--data", str(six_images), "--ray", "local", "--shards", "0"], "at least 1"),
+        (["--data-loader", "m:f", "--ray", "local"], "cannot be split"),
+    ]
+    for extra, expected in cases:
+        assert main(base + extra) == 2
+        assert expected in capsys.readouterr().err
+
+
+def test_calibrating_without_ray_never_imports_it(tmp_path):
+    script = (
+        "import sys, trtkld, trtkld.scaleout\n"
+        "from trtkld.cli.main import main\n"
+        f"rc = main(['calibrate', '--demo', '--batch-size', '4', '-q', '--table', 'none',\n"
+        f"           '--trt-version', '10.9.0', '--out', {str(tmp_path / 'd.cache')!r}])\n"
+        "assert rc == 0, rc\n"
+        "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+        "print('RAY MODULES', loaded)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, env=_child_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RAY MODULES []" in out.stdout
+    assert (tmp_path / "d.cache").exists()
+
+
+def _child_env():
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _ray_daemons() -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                name = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name in ("raylet", "gcs_server"):
+                pids.add(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for Ray daemons")
+def test_ctrl_c_stops_the_local_cluster_and_writes_nothing(ray_cluster, tmp_path):
+    # enough work that the run is still in pass 1 when interrupted: 40 x 12 images, batch 1
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        for path in IMAGES:
+            os.symlink(path, folder / f"{i:02d}_{path.name}")
+    out = tmp_path / "never.cache"
+    before = _ray_daemons()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trtkld.cli.main", "calibrate", str(demo_model_path()),
+         "--data", str(folder), "--batch-size", "1", "--ray", "local", "--shards", "2",
+         "--trt-version", "10.9.0", "--out", str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_child_env(),
+        cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        for line in child.stderr:     # the cluster is up and the shards are submitted
+            if "shard(s) of" in line:
+                break
+        started = _ray_daemons() - before
+        assert started, "the child started no Ray daemons"
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        err = child.stderr.read()
+        assert child.wait(timeout=60) == 130, err[-2000:]
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    deadline = time.time() + 20
+    while started & _ray_daemons() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not started & _ray_daemons(), "the local cluster's daemons outlived the run"
