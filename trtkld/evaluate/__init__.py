@@ -1,4 +1,5 @@
-"""Fidelity of Q/DQ INT8 models against FP32 in ONNX Runtime, ORT peers, DESTRUCTIVE marks."""
+"""`trtkld eval`: calibration (trtkld methods and ORT peers) composed with the fidelity stage
+(trtkld.fidelity), DESTRUCTIVE marks, the table and its JSON."""
 from __future__ import annotations
 
 from trtkld.evaluate.destructive import (
@@ -7,13 +8,6 @@ from trtkld.evaluate.destructive import (
     explain,
     find_destructive,
     worst_tensors,
-)
-from trtkld.evaluate.metrics import (
-    OutputAccumulator,
-    TensorAccumulator,
-    fake_quantize,
-    per_sample_cosine,
-    sqnr_db,
 )
 from trtkld.evaluate.peers import DEFAULT_PEERS, PEERS, PeerSpec, peer_scales, symmetric_scale
 from trtkld.evaluate.runner import (
@@ -37,21 +31,16 @@ __all__ = [
     "Candidate",
     "EvalReport",
     "MethodEval",
-    "OutputAccumulator",
     "PeerSpec",
-    "TensorAccumulator",
     "evaluate",
     "evaluate_candidates",
     "explain",
-    "fake_quantize",
     "find_destructive",
     "format_table",
     "mark_destructive",
     "peer_candidates",
     "peer_scales",
-    "per_sample_cosine",
     "report_to_json",
-    "sqnr_db",
     "symmetric_scale",
     "trtkld_candidates",
     "worst_tensors",

@@ -35,28 +35,31 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-import onnx
 
-from trtkld.data import Batch
-from trtkld.errors import DataError, ModelError
-from trtkld.evaluate.metrics import sqnr_db
+from trtkld.errors import ModelError
+from trtkld.fidelity import (
+    ScaleFeedSession,
+    batch_limit,
+    chunk_samples,
+    fold_indices,
+    ort_session,
+    samples_as_batches,
+    sqnr_db,
+)
 from trtkld.histogram import HistogramSet
-from trtkld.qdq import DEFAULT_OP_TYPES, is_usable_scale, write_qdq_model
+from trtkld.qdq import DEFAULT_OP_TYPES, is_usable_scale
 from trtkld.search import SearchResult
 from trtkld.search.auto import AUTO_ORDER
 
-PADDING_SUFFIX = " (padding)"  # trtkld.data marks rows that only fill a fixed batch this way
 AUTO = "auto"
 CANDIDATES: tuple[str, ...] = (AUTO,) + AUTO_ORDER  # "auto" = that fold's own auto choice
-MAX_CHUNK = 16  # samples per ORT run when the batch dimension is free
 
 
 @dataclass(frozen=True)
@@ -150,155 +153,6 @@ class RefineOutcome:
             f"{self.heldout_refined_db:.2f} dB; {len(self.changed)} tensor(s) changed from "
             f"{self.start}"
         )
-
-
-# --------------------------------------------------------------------------- scale feeding
-
-
-def lift_scale_inputs(proto: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, str]:
-    """Declare each activation's Q/DQ scale initializer as a graph input (in place).
-
-    ONNX Runtime treats an initializer that is also a graph input as a default value a run may
-    override, and never constant-folds it. Returns tensor -> scale initializer name.
-
-    Raises:
-        ModelError: a tensor without a QuantizeLinear, or a scale initializer shared with
-            another tensor or a weight (feeding it would change both).
-    """
-    inits = {i.name: i for i in proto.graph.initializer}
-    q_of: dict[str, list[onnx.NodeProto]] = {}
-    for node in proto.graph.node:
-        if node.op_type == "QuantizeLinear":
-            q_of.setdefault(node.input[0], []).append(node)
-    q_outputs = {n.output[0]: n.input[0] for nodes in q_of.values() for n in nodes}
-    users: dict[str, set[str]] = {}  # scale initializer -> owners (tensor or dq input)
-    for node in proto.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1:
-            owner = node.input[0]
-            if node.op_type == "DequantizeLinear":
-                owner = q_outputs.get(owner, owner)
-            users.setdefault(node.input[1], set()).add(owner)
-    mapping: dict[str, str] = {}
-    for tensor in tensors:
-        nodes = q_of.get(tensor)
-        if not nodes:
-            raise ModelError(f"tensor {tensor!r}: no QuantizeLinear reads it in the Q/DQ model")
-        names = {n.input[1] for n in nodes}
-        if len(names) != 1:
-            raise ModelError(f"tensor {tensor!r}: expected one scale initializer, found "
-                             f"{sorted(names)}")
-        (name,) = names
-        if name not in inits:
-            raise ModelError(f"tensor {tensor!r}: scale {name!r} is not an initializer")
-        if users.get(name, set()) != {tensor}:
-            raise ModelError(f"tensor {tensor!r}: scale initializer {name!r} is shared with "
-                             f"{sorted(users.get(name, set()) - {tensor})}")
-        mapping[tensor] = name
-    declared = {i.name for i in proto.graph.input}
-    for name in mapping.values():
-        if name not in declared:
-            init = inits[name]
-            proto.graph.input.append(
-                onnx.helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
-    return mapping
-
-
-class ScaleFeedSession:
-    """One Q/DQ model whose activation scales are given per run.
-
-    ``run(feeds, scales)`` equals, bit for bit, running the model
-    ``write_qdq_model(model, scales, ...)`` with ``trtkld eval``'s session options (tested).
-    The activations quantized are those that ``template_scales`` quantizes; every later scale
-    must be usable (finite, positive, normal float32), or that model would quantize fewer.
-    """
-
-    def __init__(self, model: Union[str, Path, onnx.ModelProto],
-                 template_scales: Mapping[str, float], *,
-                 op_types: Sequence[str] = DEFAULT_OP_TYPES, per_channel: bool = True):
-        from trtkld.evaluate.runner import _session
-
-        with tempfile.TemporaryDirectory(prefix="trtkld-refine-") as tmp:
-            path = Path(tmp) / "refine.int8.onnx"
-            summary = write_qdq_model(model, template_scales, path, op_types=op_types,
-                                      per_channel=per_channel, warn_left_float=False)
-            proto = onnx.load(str(path))
-        self.tensors: list[str] = list(summary.activations)
-        self.left_float = dict(summary.left_float)
-        self._inputs = lift_scale_inputs(proto, self.tensors)
-        self._shapes = {
-            t: tuple(i.dims) for i in proto.graph.initializer
-            for t, n in self._inputs.items() if i.name == n
-        }
-        self._session = _session(proto.SerializeToString(), optimize=True)
-        self.output_names = [o.name for o in self._session.get_outputs()]
-
-    def run(self, feeds: Mapping[str, np.ndarray],
-            scales: Mapping[str, float]) -> list[np.ndarray]:
-        """Model outputs (``output_names`` order) with ``scales`` for every quantized tensor."""
-        full = dict(feeds)
-        for t, name in self._inputs.items():
-            if t not in scales:
-                raise ModelError(f"tensor {t!r}: no scale given for a quantized activation")
-            s = np.float32(scales[t])
-            if not is_usable_scale(s):
-                raise ModelError(f"tensor {t!r}: scale {s!r} is not a finite positive normal "
-                                 "float32")
-            full[name] = np.full(self._shapes[t], s, dtype=np.float32)
-        return self._session.run(self.output_names, full)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def materialize(data: Iterable[Batch]) -> list[dict[str, np.ndarray]]:
-    """Every real (non-padding) sample of ``data`` as its own ``{input: (1, ...)}`` dict, in
-    data order. Refinement runs them many times, so they are kept in memory."""
-    samples = []
-    for batch in data:
-        for row, source in enumerate(batch.sources):
-            if source.endswith(PADDING_SUFFIX):
-                continue
-            samples.append({k: v[row:row + 1] for k, v in batch.inputs.items()})
-    return samples
-
-
-def fold_indices(num_samples: int, folds: int) -> list[list[int]]:
-    """Sample indices of each fold: sample ``i`` is in fold ``i % folds``."""
-    if num_samples < folds:
-        raise DataError(f"refinement: {folds} folds need at least {folds} calibration "
-                        f"samples, found {num_samples}")
-    return [list(range(f, num_samples, folds)) for f in range(folds)]
-
-
-def _batch_limit(model_inputs: Sequence[Any]) -> tuple[int, bool]:
-    """(samples per run, whether the batch size is fixed) from the model's input shapes."""
-    fixed = [s.shape[0] for s in model_inputs
-             if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0]
-    return (fixed[0], True) if fixed else (MAX_CHUNK, False)
-
-
-def _chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool
-            ) -> list[tuple[dict[str, np.ndarray], int]]:
-    """Concatenated runs of ``size`` samples: (feeds, number of real rows). With a fixed batch
-    size the last run is filled by repeating its last sample (those rows are dropped)."""
-    out = []
-    for start in range(0, len(samples), size):
-        part = list(samples[start:start + size])
-        real = len(part)
-        if fixed:
-            part += [part[-1]] * (size - real)
-        out.append(({k: np.concatenate([p[k] for p in part]) for k in part[0]}, real))
-    return out
-
-
-def _as_batches(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool,
-                offset: int) -> list[Batch]:
-    batches = []
-    for i, (feeds, real) in enumerate(_chunks(samples, size, fixed)):
-        sources = tuple(f"sample {offset + i * size + j}" for j in range(real))
-        sources += tuple(f"fill{PADDING_SUFFIX}" for _ in range(size - real)) if fixed else ()
-        batches.append(Batch(feeds, sources))
-    return batches
 
 
 # --------------------------------------------------------------------------- objective
@@ -405,15 +259,15 @@ def refine_auto(
 
     Args:
         model: FP32 ONNX model.
-        samples: calibration samples (:func:`materialize`), ``{input: (1, ...)}`` each, in data
-            order; the same data ``hists`` was collected on. Never evaluation data.
+        samples: calibration samples (:func:`trtkld.fidelity.materialize`),
+            ``{input: (1, ...)}`` each, in data order; the same data ``hists`` was collected
+            on. Never evaluation data.
         hists: histograms of the whole calibration set with at least ``auto``'s bin count
             (4096), covering the tensors the Q/DQ model quantizes.
     Returns:
         a :class:`RefineOutcome`; its ``results`` cover every tensor of ``hists``.
     """
     from trtkld.data import input_specs_from_onnx
-    from trtkld.evaluate.runner import _session
     from trtkld.pipeline import collect_histograms, search_histograms
 
     started = time.perf_counter()
@@ -428,15 +282,15 @@ def refine_auto(
     if not tensors:
         raise ModelError(f"model {model}: no quantized activation to refine")
 
-    size, fixed = _batch_limit(input_specs_from_onnx(model))
+    size, fixed = batch_limit(input_specs_from_onnx(model))
     folds = fold_indices(len(samples), options.folds)
-    fp32 = _session(model, optimize=False)
+    fp32 = ort_session(model, quantized=False)
     include = [re.escape(t) for t in tensors]
     num_bins = max(h.num_bins for h in hists.values())
     fold_results, fold_chunks, references = [], [], []
     for f, held in enumerate(folds):
         train = [samples[i] for i in range(len(samples)) if i % options.folds != f]
-        fold_hists = collect_histograms(model, _as_batches(train, size, fixed, 0),
+        fold_hists = collect_histograms(model, samples_as_batches(train, size, fixed, 0),
                                         num_bins=num_bins, include=include, quiet=True)
         res = {m: search_histograms(fold_hists, m, method_options=method_options)
                for m in methods}
@@ -446,7 +300,7 @@ def refine_auto(
                     raise ModelError(f"tensor {t!r}: {m} gives the unusable scale "
                                      f"{res[m][t].scale!r} on fold {f}")
         fold_results.append(res)
-        chunks = _chunks([samples[i] for i in held], size, fixed)
+        chunks = chunk_samples([samples[i] for i in held], size, fixed)
         fold_chunks.append(chunks)
         references.append([fp32.run(session.output_names, feeds) for feeds, _ in chunks])
     objective = _Objective(session, fold_results, fold_chunks, references)

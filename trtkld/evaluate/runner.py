@@ -16,15 +16,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from trtkld.data import Batch, CalibrationData
+from trtkld.data import CalibrationData
 from trtkld.errors import ModelError
 from trtkld.evaluate.destructive import (
     DEFAULT_FLOOR_DB,
@@ -33,19 +31,13 @@ from trtkld.evaluate.destructive import (
     find_destructive,
     worst_tensors,
 )
-from trtkld.evaluate.metrics import OutputAccumulator, TensorAccumulator
 from trtkld.evaluate.peers import DEFAULT_MEMORY_BUDGET, PEERS, peer_scales, resolve_peers
-from trtkld.qdq import (
-    DEFAULT_OP_TYPES,
-    prepare_model,
-    quantizable_activations,
-    write_qdq_model,
-)
+from trtkld.fidelity import Fidelity, measure_qdq_models, real_rows
+from trtkld.qdq import DEFAULT_OP_TYPES, prepare_model, quantizable_activations
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-PADDING_SUFFIX = " (padding)"  # trtkld.data marks rows that only fill a fixed batch this way
 
 
 @dataclass
@@ -138,50 +130,7 @@ class _Feeds:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for batch in self._data:
-            yield _real_rows(batch)[0]
-
-
-def _real_rows(batch: Batch) -> tuple[dict[str, np.ndarray], Optional[np.ndarray]]:
-    """Inputs without padding rows, and the row index kept (None when nothing was padded)."""
-    keep = [i for i, s in enumerate(batch.sources) if not s.endswith(PADDING_SUFFIX)]
-    if len(keep) == len(batch.sources):
-        return batch.inputs, None
-    rows = np.asarray(keep)
-    return {k: v[rows] for k, v in batch.inputs.items()}, rows
-
-
-# ORT's basic-level QDQPropagationTransformer copies Q/DQ pairs across Transpose/MaxPool/
-# Reshape... only when their scales are constants, so a model whose scales are fed at run time
-# (trtkld.evaluate.refine) would compute differently from the same model with the scales
-# written in. Propagation is meant to be value-neutral and the Q/DQ nodes as written are what
-# we measure, so it is off for every Q/DQ session. It is NOT value-neutral in ORT 1.32: on
-# open-nsfw it moves output SQNR by up to 3 dB (ppq 47.8 dB with it, 50.7 dB without).
-QDQ_DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
-
-
-def _session(path: Union[PathLike, bytes], *, optimize: bool):
-    """ORT CPU session: Q/DQ models (``optimize``) or the FP32 reference (no optimisation).
-
-    ``path`` may also be the serialized model."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    # Q/DQ models: basic optimisations only (constant folding etc.), no QDQ->QLinear fusions,
-    # so ORT simulates the quantization exactly as the Q/DQ nodes define it.
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    options.log_severity_level = 3
-    source = path if isinstance(path, bytes) else str(path)
-    what = "the serialized model" if isinstance(path, bytes) else str(path)
-    try:
-        return ort.InferenceSession(
-            source, options, providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if optimize else None,
-        )
-    except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot load {what}: {exc}") from exc
+            yield real_rows(batch)[0]
 
 
 REFINED_NAME = "auto+refine"
@@ -245,7 +194,8 @@ def trtkld_candidates(
             guard_notes=_guard_notes(hists, outcome.results),
         ))
     if refine is not None:
-        from trtkld.evaluate.refine import materialize, refine_auto
+        from trtkld.evaluate.refine import refine_auto
+        from trtkld.fidelity import materialize
 
         refined = refine_auto(model, materialize(calib_data), hists, op_types=op_types,
                               per_channel=per_channel, method_options=method_options,
@@ -302,106 +252,37 @@ def evaluate_candidates(
 
     Returns (one MethodEval per candidate in order, number of evaluation samples).
     """
-    from trtkld.collect import OnnxRuntimeCollector
-
     if not candidates:
         raise ModelError("nothing to evaluate: no method and no peer selected")
-    with tempfile.TemporaryDirectory(prefix="trtkld-eval-") as tmp:
-        folder = Path(models_dir) if models_dir else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        summaries, sessions = {}, {}
-        for cand in candidates:
-            path = folder / f"{_safe(cand.name)}.int8.onnx"
-            summaries[cand.name] = write_qdq_model(
-                model, cand.scales, path, op_types=op_types, per_channel=per_channel,
-                warn_left_float=False,
-            )
-            sessions[cand.name] = _session(path, optimize=True)
-        _warn_left_float(summaries)
-        quantized = sorted({t for s in summaries.values() for t in s.activations})
-        fp32 = _session(model, optimize=False)
-        output_names = [o.name for o in fp32.get_outputs()]
-        collector = OnnxRuntimeCollector(model, include=[re.escape(n) for n in quantized]) \
-            if quantized else None
-
-        out_acc = {c.name: {o: OutputAccumulator(o) for o in output_names} for c in candidates}
-        ten_acc = {
-            c.name: TensorAccumulator({t: summaries[c.name].activations[t]
-                                       for t in summaries[c.name].activations})
-            for c in candidates
-        }
-        samples = 0
-        for batch in _progress(eval_data, total=len(eval_data), desc="eval", quiet=quiet):
-            feeds, rows = _real_rows(batch)
-            n = next(iter(feeds.values())).shape[0]
-            samples += n
-            ref = dict(zip(output_names, fp32.run(output_names, feeds)))
-            sources = tuple(batch.sources if rows is None else (batch.sources[i] for i in rows))
-            acts = collector.run(Batch(feeds, sources)) if collector else {}
-            for cand in candidates:
-                got = dict(zip(output_names, sessions[cand.name].run(output_names, feeds)))
-                for o in output_names:
-                    out_acc[cand.name][o].update(ref[o], got[o])
-                for t, x in acts.items():
-                    ten_acc[cand.name].update(t, x)
-            del acts
-        del sessions
-    results = [
-        _method_eval(c, summaries[c.name], out_acc[c.name], ten_acc[c.name]) for c in candidates
-    ]
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise ModelError(f"candidate names must be unique, found {names}")
+    measured, samples = measure_qdq_models(
+        model, {c.name: c.scales for c in candidates}, eval_data, op_types=op_types,
+        per_channel=per_channel, models_dir=models_dir, quiet=quiet,
+    )
+    results = [_method_eval(c, measured[c.name]) for c in candidates]
     mark_destructive(results, floor_db=floor_db, margin_db=margin_db, top_tensors=top_tensors,
                      guard_notes={c.name: c.guard_notes for c in candidates})
     return results, samples
 
 
-def _warn_left_float(summaries: Mapping[str, object]) -> None:
-    """One warning per distinct set of float-left tensors (not one per method)."""
-    seen: dict[tuple, list[str]] = {}
-    for name, summary in summaries.items():
-        key = tuple(sorted(summary.left_float.items()))
-        if key:
-            seen.setdefault(key, []).append(name)
-    for key, names in seen.items():
-        listing = "\n".join(f"  {t}: {r}" for t, r in key)
-        log.warning("%s: %d tensor(s) left in float:\n%s", ", ".join(names), len(key), listing)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _method_eval(cand: Candidate, summary, outs: Mapping[str, OutputAccumulator],
-                 tens: TensorAccumulator) -> MethodEval:
-    per_output = {
-        o: {"sqnr_db": acc.sqnr_db, "cosine": acc.cosine, "top1_agreement": acc.top1_agreement,
-            "nonfinite_values": acc.nonfinite}
-        for o, acc in outs.items()
-    }
-    sqnrs = [v["sqnr_db"] for v in per_output.values()]
-    cosines = [v["cosine"] for v in per_output.values()]
-    top1 = next((v["top1_agreement"] for v in per_output.values()
-                 if v["top1_agreement"] is not None), None)
+def _method_eval(cand: Candidate, fidelity: Fidelity) -> MethodEval:
     return MethodEval(
         name=cand.name,
         kind=cand.kind,
         description=cand.description,
-        output_sqnr_db=_worst(sqnrs),
-        cosine=_worst(cosines),
-        top1_agreement=top1,
-        outputs=per_output,
-        tensor_sqnr_db=tens.sqnr(),
-        tensor_clipped=tens.clipped_fraction(),
-        scales={t: float(s) for t, s in summary.activations.items()},
-        quantized_tensors=len(summary.activations),
-        left_float=dict(summary.left_float),
+        output_sqnr_db=fidelity.output_sqnr_db,
+        cosine=fidelity.cosine,
+        top1_agreement=fidelity.top1_agreement,
+        outputs=fidelity.outputs,
+        tensor_sqnr_db=fidelity.tensor_sqnr_db,
+        tensor_clipped=fidelity.tensor_clipped,
+        scales=fidelity.scales,
+        quantized_tensors=fidelity.quantized_tensors,
+        left_float=fidelity.left_float,
         refinement=cand.refinement,
     )
-
-
-def _worst(values: Sequence[float]) -> float:
-    if any(math.isnan(v) for v in values) or not values:
-        return math.nan
-    return min(values)
 
 
 def mark_destructive(

@@ -11,12 +11,17 @@ gets quantized, prepares the model so the quantizer can express it, and checks t
 * Activations: symmetric INT8, zero point 0, scale = the cache value, bit for bit.
 * Weights: per-channel (or per-tensor) symmetric INT8, scale = max|w| / 127 per channel.
 * Biases stay float: TensorRT fuses them itself and has no INT32 DequantizeLinear.
+* ``Constant``-node weights (Paddle2ONNX exports) are folded into initializers first
+  (:mod:`trtkld.qdq.fold`); the caller's model is never modified.
+* Coverage is checked: quantizing no weighted op, or under half of them without the caller
+  leaving any in float on purpose, raises :class:`~trtkld.errors.QdqCoverageError` listing the
+  skipped ops and why, instead of writing a model that is silently FP32.
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -24,13 +29,18 @@ from typing import Optional, Union
 import numpy as np
 import onnx
 
-from trtkld.errors import ModelError
+from trtkld.errors import ModelError, QdqCoverageError
+from trtkld.qdq.fold import fold_constants
 from trtkld.qdq.scales import is_usable_scale, range_for_scale
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) needs opset 13
+# Below this fraction of weighted ops quantized (and none left float on request) the result is
+# an error: a model that is mostly FP32 is not what someone asking for INT8 wants.
+DEFAULT_MIN_COVERAGE = 0.5
+KEPT_FLOAT_REASON = "kept in float on request"
 
 # Which input of each weighted op is the weight (the others that are not initializers are
 # activations).  MatMul has no fixed weight slot: whichever input is an initializer is one.
@@ -55,6 +65,10 @@ class QdqSummary:
         scale_overrides: tensors whose scale had to be given to ORT directly (see scales.py).
         unused_scales: names in ``scales`` that no quantized node consumes (informational).
         converted_from_opset: the model's original opset when it was converted to 13, else None.
+        folded_constants: Constant nodes turned into initializers before quantizing.
+        quantized_nodes: weighted ops that got Q/DQ on their inputs.
+        weighted_nodes: weighted ops that could take Q/DQ (op type chosen, an activation input).
+        kept_float: tensors left float because the caller asked (``keep_float``).
     """
 
     out_path: Path
@@ -65,13 +79,22 @@ class QdqSummary:
     scale_overrides: list[str] = field(default_factory=list)
     unused_scales: list[str] = field(default_factory=list)
     converted_from_opset: Optional[int] = None
+    folded_constants: int = 0
+    quantized_nodes: list[str] = field(default_factory=list)
+    weighted_nodes: list[str] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """One-paragraph human summary (used by the CLI)."""
         lines = [
             f"wrote {self.out_path}: {len(self.activations)} activation tensors and "
-            f"{len(self.weights)} weights quantized to INT8"
+            f"{len(self.weights)} weights quantized to INT8 "
+            f"({len(self.quantized_nodes)} of {len(self.weighted_nodes)} weighted ops)"
         ]
+        if self.folded_constants:
+            lines.append(f"{self.folded_constants} Constant nodes folded into initializers")
+        if self.kept_float:
+            lines.append(f"{len(self.kept_float)} tensors kept in float on request")
         if self.converted_from_opset is not None:
             lines.append(f"model converted from opset {self.converted_from_opset} to {MIN_OPSET}")
         if self.left_float:
@@ -102,17 +125,29 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def prepare_model(model: ModelSource) -> tuple[onnx.ModelProto, Optional[int]]:
-    """Load, convert to opset >= 13, name unnamed nodes, and run shape inference.
+    """Load, fold Constant nodes into initializers, convert to opset >= 13, name unnamed nodes,
+    and run shape inference.  The source file / ModelProto is not modified.
 
     Returns:
         (model ready for ORT's quantizer, original opset if it was converted else None)
     """
+    proto, converted_from, _ = _prepare(model)
+    return proto, converted_from
+
+
+def _prepare(model: ModelSource) -> tuple[onnx.ModelProto, Optional[int], int]:
+    """:func:`prepare_model` plus the number of Constant nodes folded."""
     proto = _load(model)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
         raise ModelError(
             "ONNX model already contains QuantizeLinear/DequantizeLinear nodes; expected a float "
             "model (write Q/DQ from the original FP32 model)"
         )
+    # Weights stored as Constant nodes are invisible to ORT's quantizer as weights.
+    folded = fold_constants(proto)
+    proto = folded.model
+    if folded.folded:
+        log.info("folded %d Constant nodes into initializers", len(folded.folded))
     converted_from = None
     opset = default_opset(proto)
     if opset < MIN_OPSET:
@@ -143,7 +178,7 @@ def prepare_model(model: ModelSource) -> tuple[onnx.ModelProto, Optional[int]]:
 
     # ORT's own shape-inference pass (also tags the model so the quantizer does not redo it).
     proto = save_and_reload_model_with_shape_infer(proto)
-    return proto, converted_from
+    return proto, converted_from, len(folded.folded)
 
 
 def _float_value_names(proto: onnx.ModelProto) -> dict[str, bool]:
@@ -162,21 +197,36 @@ class _Plan:
     nodes: list[str]                   # nodes to quantize
     excluded: dict[str, str]
     left_float: dict[str, str]
+    candidates: list[str] = field(default_factory=list)   # weighted ops with an activation
+    node_activations: dict[str, list[str]] = field(default_factory=dict)
+    op_type: dict[str, str] = field(default_factory=dict)  # node name -> op type
+    kept_float: list[str] = field(default_factory=list)    # keep_float names actually consumed
 
 
 def plan_quantization(
-    proto: onnx.ModelProto, scales: Mapping[str, float], op_types: Sequence[str]
+    proto: onnx.ModelProto,
+    scales: Mapping[str, float],
+    op_types: Sequence[str],
+    keep_float: Collection[str] = (),
 ) -> _Plan:
-    """Decide which nodes get Q/DQ and with which activation ranges (pure, no ORT call)."""
+    """Decide which nodes get Q/DQ and with which activation ranges (pure, no ORT call).
+
+    ``keep_float``: activation tensors the caller wants left in float (sensitive layers); every
+    weighted op reading one is left unquantized.
+    """
     initializers = {i.name: i for i in proto.graph.initializer}
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
     is_float = _float_value_names(proto)
+    keep = set(keep_float)
     plan = _Plan({}, {}, [], {}, {})
 
     def activation_problem(name: str) -> Optional[str]:
+        if name in keep:
+            return KEPT_FLOAT_REASON
         if name not in scales:
             return "no scale in the cache"
         if not is_usable_scale(scales[name]):
-            return f"scale {scales[name]!r} is not a finite positive normal float32"
+            return f"scale {float(scales[name])!r} is not a finite positive normal float32"
         if name not in is_float:
             return "no type information after shape inference"
         if not is_float[name]:
@@ -198,9 +248,11 @@ def plan_quantization(
                     reasons[name] = "weight is not a float initializer"
                 continue
             if slot == weight_slot:
-                # e.g. a weight computed by a Constant/Reshape node: ORT would treat it as an
+                # e.g. a weight computed by a Reshape/Transpose node: ORT would treat it as an
                 # activation with a per-channel axis it cannot honour; leave the node alone.
-                reasons[name] = "weight is not an initializer"
+                made_by = producers.get(name)
+                reasons[name] = "weight is not an initializer" + (
+                    f" (computed by a {made_by} node)" if made_by else " (a graph input)")
                 continue
             problem = activation_problem(name)
             if problem:
@@ -211,6 +263,12 @@ def plan_quantization(
             # e.g. MatMul of two initializers: nothing to calibrate, nothing TensorRT needs.
             plan.excluded[node.name] = "no activation input"
             continue
+        plan.candidates.append(node.name)
+        plan.op_type[node.name] = node.op_type
+        plan.node_activations[node.name] = activations
+        for name in reasons:
+            if reasons[name] == KEPT_FLOAT_REASON and name not in plan.kept_float:
+                plan.kept_float.append(name)
         if reasons:
             why = "; ".join(f"{t}: {r}" for t, r in reasons.items())
             plan.excluded[node.name] = why
@@ -231,6 +289,52 @@ def plan_quantization(
     return plan
 
 
+def check_coverage(
+    quantized: Sequence[str],
+    candidates: Sequence[str],
+    skipped: Mapping[str, str],
+    op_type: Mapping[str, str],
+    *,
+    requested_float: bool,
+    op_types: Sequence[str],
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    max_listed: int = 20,
+) -> None:
+    """Raise :class:`QdqCoverageError` when the Q/DQ model would be (mostly) float.
+
+    Args:
+        quantized: weighted ops that got Q/DQ.
+        candidates: weighted ops that could (op type chosen and at least one activation input).
+        skipped: node name -> why it was not quantized.
+        op_type: node name -> op type (for the message).
+        requested_float: the caller left tensors in float on purpose; then only "none at all"
+            is an error.
+        op_types: the op types asked for (for the message).
+        min_coverage: smallest accepted fraction ``len(quantized) / len(candidates)``.
+    """
+    if not candidates:
+        raise QdqCoverageError(
+            f"the model has no {'/'.join(op_types)} op with an activation input: a Q/DQ model "
+            "would quantize nothing (check --op-types)"
+        )
+    fraction = len(quantized) / len(candidates)
+    if quantized and (fraction >= min_coverage or requested_float):
+        return
+    not_done = [n for n in candidates if n not in set(quantized)]
+    listing = "\n".join(f"  {n} ({op_type.get(n, '?')}): {skipped.get(n, 'not quantized')}"
+                         for n in not_done[:max_listed])
+    if len(not_done) > max_listed:
+        listing += f"\n  ... and {len(not_done) - max_listed} more"
+    what = ("no weighted op would be quantized" if not quantized else
+            f"only {len(quantized)} of {len(candidates)} weighted ops ({fraction:.0%}) would be "
+            f"quantized, under the {min_coverage:.0%} minimum, and none was left in float on "
+            "request")
+    raise QdqCoverageError(
+        f"{what}; refusing to write a model that is mostly FP32. "
+        f"Skipped {len(not_done)} of {len(candidates)} weighted ops:\n{listing}"
+    )
+
+
 def quantizable_activations(
     model: ModelSource, op_types: Sequence[str] = DEFAULT_OP_TYPES
 ) -> list[str]:
@@ -239,6 +343,10 @@ def quantizable_activations(
     Lets callers calibrate only what the Q/DQ model will use.
     """
     proto, _ = prepare_model(model)
+    return _quantizable(proto, op_types)
+
+
+def _quantizable(proto: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
     names: list[str] = []
     initializers = {i.name for i in proto.graph.initializer}
     for node in proto.graph.node:
@@ -335,6 +443,8 @@ def write_qdq_model(
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     per_channel: bool = True,
     warn_left_float: bool = True,
+    keep_float: Collection[str] = (),
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
 ) -> QdqSummary:
     """Write ``model`` with Q/DQ nodes whose activation scales are ``scales``.
 
@@ -347,19 +457,30 @@ def write_qdq_model(
         per_channel: per-output-channel weight scales (TensorRT's recommendation) or one per weight.
         warn_left_float: log the tensors left in float (callers writing many variants of one
             model log them once themselves).
+        keep_float: activation tensors to leave in float on purpose (sensitive layers); the
+            weighted ops reading them run in FP16/FP32 in TensorRT.
+        min_coverage: smallest fraction of weighted ops that must be quantized when
+            ``keep_float`` is empty (see :func:`check_coverage`).
     Returns:
         a :class:`QdqSummary`; tensors without a usable scale stay float (logged as a warning).
     Raises:
+        QdqCoverageError: no weighted op quantized, or under ``min_coverage`` of them with
+            nothing kept float on request; nothing is written.
         ModelError: unreadable model, model already quantized, ORT's quantizer failed, or the
             written scales differ from the given ones (a bug, never silently accepted).
     """
     out_path = Path(out_path)
-    proto, converted_from = prepare_model(model)
-    plan = plan_quantization(proto, scales, tuple(op_types))
+    proto, converted_from, folded = _prepare(model)
+    plan = plan_quantization(proto, scales, tuple(op_types), keep_float)
+    coverage = dict(op_types=tuple(op_types), min_coverage=min_coverage,
+                    requested_float=bool(plan.kept_float))
+    check_coverage(plan.nodes, plan.candidates, plan.excluded, plan.op_type, **coverage)
     out = _run_ort_quantizer(proto, plan, tuple(op_types), per_channel)
 
     written, weights = _read_back(out)
-    summary = QdqSummary(out_path=out_path, converted_from_opset=converted_from)
+    summary = QdqSummary(out_path=out_path, converted_from_opset=converted_from,
+                         folded_constants=folded, kept_float=list(plan.kept_float),
+                         weighted_nodes=list(plan.candidates))
     summary.excluded_nodes = dict(plan.excluded)
     summary.left_float = dict(plan.left_float)
     summary.scale_overrides = sorted(plan.overrides)
@@ -384,6 +505,13 @@ def write_qdq_model(
         summary.weights[name] = int(np.asarray(scale).size)
     used = set(summary.activations)
     summary.unused_scales = [n for n in scales if n not in used]
+    summary.quantized_nodes = [n for n in plan.nodes
+                               if all(a in summary.activations for a in plan.node_activations[n])]
+    skipped = dict(plan.excluded)
+    for n in plan.nodes:
+        if n not in summary.quantized_nodes:
+            skipped[n] = "ONNX Runtime's quantizer did not quantize its inputs"
+    check_coverage(summary.quantized_nodes, plan.candidates, skipped, plan.op_type, **coverage)
 
     try:
         onnx.checker.check_model(out)
