@@ -135,6 +135,31 @@ def test_ray_cli_writes_the_same_cache_with_one_progress_bar(ray_cluster, six_im
             (tmp_path / f"one.{method}.cache").read_bytes()
 
 
+def test_cli_connects_to_a_running_cluster_by_address(ray_cluster, six_images, tmp_path):
+    # a second process joins the session's cluster through its address, as a user's driver
+    # joins a remote cluster; it must leave that cluster running
+    address = ray_cluster.get_runtime_context().gcs_address
+    args = ["calibrate", str(demo_model_path()), "--data", str(six_images), "--batch-size", "2",
+            "--trt-version", "10.9.0", "--table", "none", "-q"]
+    assert main(args + ["--out", str(tmp_path / "one.cache")]) == 0
+    child = subprocess.run(
+        [sys.executable, "-m", "trtkld.cli.main", *args, "--ray", address,
+         "--out", str(tmp_path / "remote.cache")],
+        capture_output=True, text=True, env=_child_env(), cwd=tmp_path, timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "2 shard(s)" in child.stderr          # default: one shard per cluster CPU
+    assert (tmp_path / "remote.cache").read_bytes() == (tmp_path / "one.cache").read_bytes()
+    assert ray_cluster.is_initialized() and ray_cluster.cluster_resources().get("CPU") == 2
+    bad = subprocess.run(
+        [sys.executable, "-m", "trtkld.cli.main", *args, "--ray", "127.0.0.1:1",
+         "--out", str(tmp_path / "never.cache")],
+        capture_output=True, text=True, env=_child_env(), cwd=tmp_path, timeout=300,
+    )
+    assert bad.returncode == 2 and "127.0.0.1:1" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "never.cache").exists()
+
+
 def test_ray_retries_a_failing_task_then_names_the_shard(ray_cluster, six_images, tmp_path):
     from trtkld.scaleout.ray_executor import ShardRunner
 

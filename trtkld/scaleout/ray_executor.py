@@ -46,6 +46,32 @@ def import_ray():
     return ray
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ScaleOutError unless ``host:port`` (or ``ray://host:port``) accepts a TCP connection.
+
+    Ray itself keeps retrying an unreachable address for minutes; this answers in seconds.
+    Addresses without a port (``auto``) are left to Ray.
+    """
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ScaleOutError(
+            f"cannot reach the Ray cluster at {address!r} within {timeout:g} s "
+            f"({type(exc).__name__}: {exc}); check the address (head node's GCS port, "
+            "default 6379, or ray://host:10001 for Ray Client) and that it is running"
+        ) from exc
+
+
 class RayCluster:
     """Context manager: a connection to a Ray cluster for the duration of one calibration.
 
@@ -71,14 +97,16 @@ class RayCluster:
             return self
         # no usage-stats prompt or upload from a calibration run
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        options = dict(include_dashboard=False, log_to_driver=False,
-                       logging_level=logging.WARNING, configure_logging=True)
+        # workers' own log lines stay on the workers: failures come back as exceptions
+        quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
         try:
             if self.address == LOCAL:
                 ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1,
-                         object_store_memory=self.object_store_bytes, **options)
-            else:
-                ray.init(address=self.address, **options)
+                         object_store_memory=self.object_store_bytes,
+                         include_dashboard=False, **quiet)
+            else:   # the cluster's own settings (dashboard, object store) are not ours to set
+                check_reachable(self.address)
+                ray.init(address=self.address, **quiet)
         except Exception as exc:  # ConnectionError, ValueError, RuntimeError, ...
             where = "start a local Ray cluster" if self.address == LOCAL else \
                 f"connect to the Ray cluster at {self.address!r}"
