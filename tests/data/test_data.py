@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from tools import imageset as augment  # the demo image-set tooling (not shipped)
 from trtkld.data import (
     DEFAULT_BATCH_SIZE,
     Batch,
     CalibrationData,
     InputSpec,
     PreprocessOptions,
-    augment,
     input_specs_from_onnx,
     open_data,
 )

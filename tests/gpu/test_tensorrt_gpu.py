@@ -174,7 +174,7 @@ def test_int8_engine_with_our_cache(backend, demo, tmp_path, method, capsys):
     assert calib.cache_status == "generated"
     assert calib.served_our_cache and calib.get_batch_calls == 0  # TensorRT took our scales
     parsed = parse_cache(cache)
-    assert parsed.version_number == calib._version_number
+    assert parsed.version_number == calib.request.version_number
     assert parsed.algorithm == "EntropyCalibration2"
     missing = [n for n in names if n not in parsed.scales]
     with capsys.disabled():

@@ -16,11 +16,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+import trtkld
 from trtkld.cli.main import main
 from trtkld.data import input_specs_from_onnx, open_data
 from trtkld.data.shards import plan_shards
 from trtkld.demo import DEMO_CALIB_DIR, DEMO_PREPROCESS, demo_model_path
-from trtkld.pipeline import calibrate, collect_histograms
+from trtkld.pipeline import collect_histograms
 from trtkld.scaleout import (
     CollectJob,
     RayUnavailableError,
@@ -54,10 +55,22 @@ def six_images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_process(six_images):
-    """Histograms and every method's outcome from the one-process pipeline (the oracle)."""
+    """``trtkld.calibrate`` in this process with every method (the oracle)."""
     data = _demo_data(six_images, batch_size=2)
-    return calibrate(str(demo_model_path()), data, available_methods(), trt_version="10.9.0",
-                     quiet=True)
+    return trtkld.calibrate(str(demo_model_path()), data, available_methods(), quiet=True)
+
+
+def _written(cal, folder: Path) -> dict[str, bytes]:
+    """Every method's cache and sidecar as written by ``Calibration.write_cache``."""
+    folder.mkdir()
+    files = {}
+    for method in cal.methods:
+        path = folder / f"{method}.cache"
+        cal.write_cache(path, method, trt_version="10.9.0")
+        files[path.name] = path.read_bytes()
+        sidecar = folder / f"{method}.cache.trtkld.json"
+        files[sidecar.name] = sidecar.read_bytes()
+    return files
 
 
 def _demo_data(folder, batch_size=2, model=None):
@@ -71,7 +84,7 @@ def _demo_data(folder, batch_size=2, model=None):
 def test_shard_work_merges_to_the_one_process_histograms(six_images, one_process):
     model = str(demo_model_path())
     data = _demo_data(six_images, batch_size=2)
-    whole, _ = one_process
+    whole = one_process.histograms
     job = CollectJob(model=model, num_bins=4096)
     shards = plan_shards(data, 3)
     ranges = merge_ranges([shard_ranges(job, s.data) for s in shards])
@@ -88,16 +101,16 @@ def test_shard_work_merges_to_the_one_process_histograms(six_images, one_process
 
 @pytest.mark.parametrize("shards", [1, 2, 3])
 def test_ray_caches_are_byte_identical_for_every_method(ray_cluster, six_images, one_process,
-                                                        shards):
-    model = str(demo_model_path())
+                                                        shards, tmp_path):
     data = _demo_data(six_images, batch_size=2)
-    methods = available_methods()
-    hists, outcomes = one_process
-    ray_hists, ray_outcomes = calibrate(model, data, methods, trt_version="10.9.0", quiet=True,
-                                        executor="ray", shards=shards)
-    assert ray_hists == hists
-    for method in methods:
-        assert ray_outcomes[method].cache.to_bytes() == outcomes[method].cache.to_bytes(), method
+    cal = trtkld.calibrate(str(demo_model_path()), data, available_methods(), quiet=True,
+                           executor="ray", shards=shards)
+    assert cal.histograms == one_process.histograms
+    expected = _written(one_process, tmp_path / "one")
+    found = _written(cal, tmp_path / "ray")
+    assert len(found) == 2 * len(available_methods())
+    for name, content in expected.items():
+        assert found[name] == content, name
 
 
 def test_ray_fixed_batch_with_padding_and_given_ranges(ray_cluster, six_images, tmp_path):

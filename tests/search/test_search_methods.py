@@ -18,7 +18,7 @@ from trtkld.search import (
     DEFAULT_BINS,
     SearchResult,
     available_methods,
-    get_search,
+    get_method,
     guard_findings,
     histogram_sqnr_db,
     run_search,
@@ -220,14 +220,14 @@ def test_registry():
     assert available_methods() == METHODS
     assert set(DEFAULT_BINS) == set(METHODS)
     counts = np.arange(2048, dtype=np.int64)
-    res = get_search("nvidia")(counts, bin_width=0.01)
+    res = run_search("nvidia", counts, bin_width=0.01)
     assert isinstance(res, SearchResult) and res.method == "nvidia"
     assert res.index == run_search("nvidia", counts, hist_max=20.48).index
 
 
 @pytest.mark.parametrize("call, match", [
     (lambda: run_search("kl", np.ones(8), hist_max=1.0), "unknown search method 'kl'"),
-    (lambda: get_search("kl"), "unknown search method"),
+    (lambda: get_method("kl"), "unknown search method"),
     (lambda: run_search("nvidia", np.ones(8), hist_max=1.0, percentile=9.0),
      "does not take option"),
     (lambda: run_search("max", np.ones((2, 4)), hist_max=1.0), r"shape \(2, 4\)"),

@@ -168,11 +168,15 @@ def test_unknown_method_and_collector(fake_trt, data, model, tmp_path):
 
 
 # ----------------------------------------------------------------------------- get_batch
+# Batches are served only for method "tensorrt" (TensorRT calibrates on them); for the
+# search methods get_batch refuses (tests/trt/test_calibrator_fixes.py).
 
 
 def test_get_batch_pointer_order_count_and_bytes(fake_trt, data, model, tmp_path):
     backend = HostBufferBackend()
-    calib = _calib(data, model, tmp_path / "m.cache", device_backend=backend)
+    calib = _calib(
+        data, model, tmp_path / "m.cache", device_backend=backend, method="tensorrt"
+    )
     expected = list(data)  # the oracle: trtkld.data's own batches, iterated separately
     assert len(expected) == 3
     names = ["b", "a"]  # TensorRT's order need not be the model's
@@ -192,14 +196,14 @@ def test_get_batch_pointer_order_count_and_bytes(fake_trt, data, model, tmp_path
 
 
 def test_check_fails_when_tensorrt_stops_early(fake_trt, data, model, tmp_path):
-    calib = _calib(data, model, tmp_path / "m.cache")
+    calib = _calib(data, model, tmp_path / "m.cache", method="tensorrt")
     assert calib.get_batch(["a", "b"]) is not None
     with pytest.raises(CalibrationError, match="calibrated on 1 of 3 batch"):
         calib.check()
 
 
 def test_unknown_input_name_returns_none_and_check_raises(fake_trt, data, model, tmp_path, caplog):
-    calib = _calib(data, model, tmp_path / "m.cache")
+    calib = _calib(data, model, tmp_path / "m.cache", method="tensorrt")
     with caplog.at_level(logging.ERROR, logger="trtkld.trt"):
         assert calib.get_batch(["a", "zzz"]) is None
     assert "get_batch failed" in caplog.text and "calib.check() will raise" in caplog.text
@@ -209,7 +213,7 @@ def test_unknown_input_name_returns_none_and_check_raises(fake_trt, data, model,
 
 
 def test_missing_network_input_in_names(fake_trt, data, model, tmp_path):
-    calib = _calib(data, model, tmp_path / "m.cache")
+    calib = _calib(data, model, tmp_path / "m.cache", method="tensorrt")
     assert calib.get_batch(["a"]) is None
     with pytest.raises(DataError, match=r"also has \['b'\]"):
         calib.check()
@@ -220,7 +224,7 @@ def test_batch_with_another_shape_is_an_error_naming_the_input(fake_trt, model, 
     # does not fit the calibration shape (the first batch's) that sizes the buffers.
     source = _write_npz(tmp_path / "var", 4, b_len=lambda i: 4 if i < 2 else 5)
     data = open_data(source, input_specs_from_onnx(model), batch_size=2)
-    calib = _calib(data, model, tmp_path / "m.cache")
+    calib = _calib(data, model, tmp_path / "m.cache", method="tensorrt")
     assert calib.get_batch(["a", "b"]) is not None
     assert calib.get_batch(["a", "b"]) is None
     with pytest.raises(DataError) as err:
@@ -234,7 +238,7 @@ def test_short_last_batch_is_padded_to_the_calibration_shape(fake_trt, model, tm
     data = open_data(source, input_specs_from_onnx(model), batch_size=2)
     batches = list(data)
     assert [b.size for b in batches] == [2, 2, 1]
-    calib = _calib(data, model, tmp_path / "m.cache")
+    calib = _calib(data, model, tmp_path / "m.cache", method="tensorrt")
     for _ in range(2):
         calib.get_batch(["a", "b"])
     ptr_a, _ = calib.get_batch(["a", "b"])
@@ -248,7 +252,7 @@ def test_data_error_while_reading_is_recorded(fake_trt, model, tmp_path):
     source = _write_npz(tmp_path / "bad", 4)
     data = open_data(source, input_specs_from_onnx(model), batch_size=2)
     (tmp_path / "bad" / "s03.npz").write_bytes(b"not an npz archive")
-    calib = _calib(data, model, tmp_path / "m.cache")
+    calib = _calib(data, model, tmp_path / "m.cache", method="tensorrt")
     assert calib.get_batch(["a", "b"]) is not None
     assert calib.get_batch(["a", "b"]) is None
     with pytest.raises(DataError, match="s03.npz"):
@@ -257,7 +261,9 @@ def test_data_error_while_reading_is_recorded(fake_trt, model, tmp_path):
 
 def test_buffers_are_freed_by_close_and_context_manager(fake_trt, data, model, tmp_path):
     backend = HostBufferBackend()
-    with _calib(data, model, tmp_path / "m.cache", device_backend=backend) as calib:
+    with _calib(
+        data, model, tmp_path / "m.cache", device_backend=backend, method="tensorrt"
+    ) as calib:
         calib.get_batch(["a", "b"])
         assert backend.live_buffers == 2
     assert backend.live_buffers == 0
@@ -454,6 +460,7 @@ class _Recorder:
 
     def __init__(self):
         self.calls = []
+        self.num_optimization_profiles = 0
 
     def set_shape(self, name, lo, opt, hi):
         self.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
@@ -463,6 +470,7 @@ class _Recorder:
 
     def add_optimization_profile(self, profile):
         self.calls.append(("add_optimization_profile", profile))
+        self.num_optimization_profiles += 1
 
     def set_calibration_profile(self, profile):
         self.calls.append(("set_calibration_profile", profile))

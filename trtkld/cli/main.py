@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from typing import Optional
 
 from trtkld._version import __version__
-from trtkld.cli.common import CLIError  # noqa: F401  (re-exported for sub-commands)
+from trtkld.cli.args import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUALITY,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+)
+from trtkld.cli.common import QualityError
 from trtkld.errors import TrtkldError
 
 # Each module registers its own sub-parser; the order here is the order shown in --help.
@@ -36,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  trtkld calibrate --demo\n"
             "  trtkld calibrate model.onnx --data calib_data/ --method ppq --out model.cache\n"
             "  trtkld diff ours.cache tensorrt.cache\n"
-            "run 'trtkld COMMAND --help' for each command's options."
+            "run 'trtkld COMMAND --help' for each command's options.\n\n"
+            + EXIT_STATUS_HELP
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for command in subparsers.choices.values():   # one convention, shown by every --help
+        command.epilog = ((command.epilog or "").rstrip("\n") + "\n\n" + EXIT_STATUS_HELP).lstrip()
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -52,17 +63,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 0
+        return EXIT_OK
     logging.basicConfig(level=logging.INFO, format="trtkld: %(levelname)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
+    except QualityError as exc:
+        print(f"trtkld {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_QUALITY
     except TrtkldError as exc:
         print(f"trtkld {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        # files are written atomically and last, so an interrupted command left nothing behind
         print(f"trtkld {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

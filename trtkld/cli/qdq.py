@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
-from trtkld.cli.common import (
-    CLIError,
-    add_data_arguments,
-    add_method_argument,
-    method_options_from_args,
-    open_model_data,
-    parse_methods,
-)
+from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs, add_groups, split_list
+from trtkld.cli.common import CLIError
 
 EXAMPLES = """\
 examples:
@@ -24,6 +19,12 @@ examples:
   # straight from calibration data
   trtkld qdq model.onnx --data calib_data/ --method ppq -o model.int8.onnx
 """
+
+
+MODEL = ModelArgs(model_help="FP32 ONNX model (omit with --demo)",
+                  demo_help="the demo model on calib_data/")
+DATA = DataArgs()
+METHODS = MethodArgs("ppq", single=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,27 +42,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", help="FP32 ONNX model (omit with --demo)")
-    parser.add_argument("--demo", action="store_true", help="the demo model on calib_data/")
+    MODEL.add_to(parser)
     source = parser.add_argument_group("where the scales come from (one of)")
     source.add_argument("--cache", help="TensorRT calibration cache (trtkld calibrate output)")
     source.add_argument("--from-histograms", metavar="NPZ", nargs="+",
                         help="saved histograms (merged) searched with --method")
-    add_data_arguments(parser)
-    add_method_argument(parser, default="ppq")
+    add_groups(parser, DATA, METHODS)
     parser.add_argument("--out", "-o", help="output model (default: MODEL.int8.onnx)")
     parser.add_argument("--op-types", default="Conv,ConvTranspose,Gemm,MatMul",
                         help="op types whose inputs get Q/DQ (default: %(default)s)")
     parser.add_argument("--per-tensor-weights", action="store_true",
                         help="one scale per weight instead of per output channel")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    QuietArgs().add_to(parser)
     parser.set_defaults(func=run)
 
 
-def _scales(args: argparse.Namespace, model: str):
+def _scales(args: argparse.Namespace, choice, op_types: list[str]):
     """tensor -> scale from exactly one of --cache, --from-histograms, --data."""
     chosen = [n for n, v in (("--cache", args.cache), ("--from-histograms", args.from_histograms),
-                             ("--data", args.data or args.data_loader or args.demo)) if v]
+                             ("--data", DataArgs.given(args) or args.demo)) if v]
     if len(chosen) != 1:
         raise CLIError(
             "give exactly one source of scales: --cache, --from-histograms or --data "
@@ -70,63 +69,37 @@ def _scales(args: argparse.Namespace, model: str):
     if args.cache:
         from trtkld.cache import parse_cache
 
-        return parse_cache(args.cache).scales, model
-    methods = parse_methods(args.method, args.default_method)
-    if len(methods) != 1:
-        raise CLIError(f"--method: qdq writes one model, give one method (found {methods})")
-    method_options = method_options_from_args(args)
+        return parse_cache(args.cache).scales
+    from trtkld.calibration import calibrate
+
+    methods = METHODS.parse(args)
+    options = METHODS.search_options(args)
     if args.from_histograms:
         from trtkld.histogram import HistogramSet
-        from trtkld.pipeline import search_histograms
 
         hists = HistogramSet.load(args.from_histograms[0])
         for extra in args.from_histograms[1:]:
             hists = hists.merge(HistogramSet.load(extra))
-        results = search_histograms(hists, methods[0], method_options=method_options)
-        return {n: r.scale for n, r in results.items()}, model
-    from trtkld.cache import DEFAULT_TRT_VERSION
-    from trtkld.pipeline import calibrate
+        return calibrate(choice.path, histograms=hists, methods=methods, **options).scales()
     from trtkld.qdq import quantizable_activations
 
-    model, data = open_model_data(args)
-    include = [_escape(n) for n in quantizable_activations(model, _split(args.op_types))]
-    _, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
-                            include=include, quiet=args.quiet, method_options=method_options)
-    return outcomes[methods[0]].cache.scales, model
-
-
-def _escape(name: str) -> str:
-    import re
-
-    return re.escape(name)
-
-
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    include = [re.escape(n) for n in quantizable_activations(choice.path, op_types)]
+    cal = calibrate(choice.path, DATA.open(args, choice), methods, include=include,
+                    quiet=args.quiet, **options)
+    return cal.scales()
 
 
 def run(args: argparse.Namespace) -> int:
     from trtkld.qdq import write_qdq_model
 
-    model = args.model
-    if args.demo:
-        from trtkld import demo
-
-        if model:
-            raise CLIError("give either MODEL or --demo, not both")
-        model = str(demo.demo_model_path())
-    if not model:
-        raise CLIError("MODEL is required (or --demo)")
-    if not os.path.isfile(model):
-        raise CLIError(f"model file {model!r} does not exist")
-    op_types = _split(args.op_types)
+    choice = MODEL.parse(args)
+    op_types = split_list(args.op_types)
     if not op_types:
         raise CLIError("--op-types is empty")
-    scales, model = _scales(args, model)
-    out = args.out or ("demo.int8.onnx" if args.demo else f"{os.path.splitext(model)[0]}.int8.onnx")
-    summary = write_qdq_model(model, scales, out, op_types=op_types,
+    scales = _scales(args, choice, op_types)
+    out = args.out or ("demo.int8.onnx" if args.demo
+                       else f"{os.path.splitext(choice.path)[0]}.int8.onnx")
+    summary = write_qdq_model(choice.path, scales, out, op_types=op_types,
                               per_channel=not args.per_tensor_weights)
     print(summary.describe())
     return 0

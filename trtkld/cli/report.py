@@ -4,19 +4,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
-from trtkld.cli.common import (
-    CLIError,
-    add_data_arguments,
-    add_method_argument,
-    open_model_data,
-    parse_methods,
-)
+from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs, model_and_data
+from trtkld.cli.common import CLIError
+from trtkld.search.registry import METHODS
 
 log = logging.getLogger("trtkld.report")
 
-DEFAULT_METHODS = "ppq,nvidia,modelopt,max,percentile"
+# Methods compared by default: the registry's ``in_report`` records.
+DEFAULT_METHODS = ",".join(r.name for r in METHODS.values() if r.in_report)
 
 _EXAMPLES = """\
 examples:
@@ -30,6 +26,14 @@ examples:
 The report folder (default: next to the input, MODEL.onnx -> MODEL.report/) holds index.html
 and plots/*.png with relative links; open index.html in any browser.
 """
+
+
+INPUT_GROUP = "input (one of MODEL, --histograms, --demo)"
+MODEL = ModelArgs(model_help="ONNX model to calibrate first (needs --data)",
+                  demo_help="the bundled demo model with the repository's calib_data/ (an "
+                  "input, like MODEL and --histograms)")
+DATA = DataArgs()
+METHODS = MethodArgs(DEFAULT_METHODS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,17 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="ONNX model to calibrate first (needs --data)")
-    src = p.add_argument_group("input (one of MODEL, --histograms, --demo)")
+    MODEL.add_to(p)
+    src = p.add_argument_group(INPUT_GROUP)
     src.add_argument("--histograms", metavar="H.npz",
                      help="histograms saved by trtkld (HistogramSet .npz); no model run")
-    src.add_argument("--demo", action="store_true",
-                     help="the bundled demo model with the repository's calib_data/")
     src.add_argument("--save-histograms", metavar="H.npz",
                      help="with MODEL/--demo: also save the collected histograms, for later "
                           "--histograms runs")
-    add_data_arguments(p)
-    add_method_argument(p, default=DEFAULT_METHODS)
+    DATA.add_to(p)
+    METHODS.add_to(p)
     out = p.add_argument_group("report")
     out.add_argument("--eval", dest="eval_json", metavar="EVAL.json",
                      help="JSON from `trtkld eval --json`: fidelity table and per-tensor SQNR")
@@ -67,20 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="plot at most N tensors, largest amax spread first; the table always "
                           "lists every tensor (default: 200; 0: no plots)")
     out.add_argument("--dpi", type=int, default=None, help="PNG resolution (default: 72)")
-    out.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    QuietArgs().add_to(out)
     out.add_argument("--disagree-ratio", type=float, default=None, metavar="R",
                      help="flag tensors whose largest/smallest amax differ by more than R "
                           "(default: 2)")
     p.set_defaults(func=run)
 
 
-def _search_all(hists: Any, methods: list[str], options: dict) -> dict[str, dict[str, Any]]:
-    from trtkld.pipeline import search_histograms
-
-    return {m: search_histograms(hists, m, method_options=options) for m in methods}
-
-
 def run(args: argparse.Namespace) -> int:
+    from trtkld.calibration import calibrate
     from trtkld.report import DEFAULT_DPI, DEFAULT_MAX_PLOTS, default_report_dir, write_report
     from trtkld.report.evaljson import load_eval
     from trtkld.report.summary import DEFAULT_DISAGREE_RATIO
@@ -89,10 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if len(given) != 1:
         raise CLIError("report: give exactly one input: MODEL.onnx (with --data), "
                        f"--histograms H.npz, or --demo; found {len(given)}")
-    methods = parse_methods(args.method, args.default_method)
-    options: dict = {}
-    if args.percentile is not None:
-        options = {m: {"percentile": args.percentile} for m in ("percentile", "auto")}
+    methods = METHODS.parse(args)
+    options = METHODS.search_options(args)
     # Read the eval JSON before the (possibly long) collection so a bad path fails fast.
     eval_table = load_eval(args.eval_json) if args.eval_json else None
 
@@ -103,17 +98,14 @@ def run(args: argparse.Namespace) -> int:
         if not source.is_file():
             raise CLIError(f"{source}: histogram file not found")
         hists = HistogramSet.load(source)
-        results = _search_all(hists, methods, options)
+        results = calibrate(None, histograms=hists, methods=methods, **options).results
     else:
-        from trtkld.cache import DEFAULT_TRT_VERSION
-        from trtkld.pipeline import calibrate
-
-        model, data = open_model_data(args)
-        source = Path(model)
-        # The report writes no cache, so the cache header version does not matter here.
-        hists, outcomes = calibrate(model, data, methods, trt_version=DEFAULT_TRT_VERSION,
-                                    method_options=options, quiet=args.quiet)
-        results = {m: outcomes[m].results for m in methods}
+        choice, data_source = model_and_data(args, MODEL, DATA)
+        source = Path(choice.path)
+        cal = calibrate(choice.path, DATA.open(args, choice, data_source), methods,
+                        quiet=args.quiet,
+                        **options)
+        hists, results = cal.histograms, cal.results
         if args.save_histograms:
             hists.save(args.save_histograms)
             log.info("histograms saved to %s", args.save_histograms)

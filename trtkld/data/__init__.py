@@ -5,12 +5,19 @@ re-iterable, validated :class:`Batch` objects matching the model's inputs.
 """
 from __future__ import annotations
 
-from trtkld.data.dataset import DEFAULT_BATCH_SIZE, Batch, CalibrationData, open_data
+from trtkld.data.dataset import (
+    DEFAULT_BATCH_SIZE,
+    PADDING_SUFFIX,
+    Batch,
+    CalibrationData,
+    open_data,
+)
 from trtkld.data.preprocess import ImagePipeline, PreprocessOptions
 from trtkld.data.specs import InputSpec, input_specs_from_onnx
 from trtkld.errors import DataError
 
 __all__ = [
+    "PADDING_SUFFIX",
     "DEFAULT_BATCH_SIZE",
     "Batch",
     "CalibrationData",

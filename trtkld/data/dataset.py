@@ -45,6 +45,8 @@ log = logging.getLogger("trtkld.data")
 
 DEFAULT_BATCH_SIZE = 8
 LAST_BATCH_MODES = ("pad", "drop")
+# Appended to the source of a row that only fills a fixed batch (the last batch, "pad" mode);
+# readers skip such rows when every sample must count once.
 PADDING_SUFFIX = " (padding)"
 
 

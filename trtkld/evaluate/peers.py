@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 
-from trtkld.errors import ModelError
+from trtkld.errors import EvaluationError, ModelError
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,10 @@ DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of intermediate outputs per collect_dat
 
 
 def resolve_peers(names: Sequence[str]) -> list[PeerSpec]:
-    """PeerSpecs for ``names``; ModelError-free ValueError naming the unknown ones."""
+    """PeerSpecs for ``names``; EvaluationError naming the unknown ones."""
     unknown = [n for n in names if n not in PEERS]
     if unknown:
-        raise ValueError(f"unknown peer(s) {unknown}: expected some of {', '.join(PEERS)}")
+        raise EvaluationError(f"unknown peer(s) {unknown}: expected some of {', '.join(PEERS)}")
     return [PEERS[n] for n in names]
 
 

@@ -43,7 +43,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from trtkld.errors import ModelError
+from trtkld.errors import EvaluationError, ModelError
 from trtkld.fidelity import (
     ScaleFeedSession,
     batch_limit,
@@ -81,7 +81,7 @@ class RefineOptions:
     def __post_init__(self) -> None:
         if self.max_tensors < 0 or self.sweeps < 0 or self.folds < 2 or not (
                 self.min_gain_db >= 0):
-            raise ValueError(
+            raise EvaluationError(
                 f"refine options: expected max_tensors >= 0, sweeps >= 0, folds >= 2, "
                 f"min_gain_db >= 0; found {self}"
             )

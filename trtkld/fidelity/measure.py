@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from trtkld.data import Batch, CalibrationData
-from trtkld.errors import ModelError
+from trtkld.errors import EvaluationError, ModelError
 from trtkld.fidelity.metrics import OutputAccumulator, TensorAccumulator
 from trtkld.fidelity.session import ort_session, real_rows
 from trtkld.qdq import DEFAULT_OP_TYPES, write_qdq_model
@@ -44,7 +44,8 @@ def metric_value(outputs: Mapping[str, Mapping[str, Any]], metric: str) -> float
         top1 = next((v["top1_agreement"] for v in outputs.values()
                      if v.get("top1_agreement") is not None), None)
         return math.nan if top1 is None else float(top1)
-    raise ValueError(f"unknown fidelity metric {metric!r}: expected one of {', '.join(METRICS)}")
+    raise EvaluationError(
+        f"unknown fidelity metric {metric!r}: expected one of {', '.join(METRICS)}")
 
 
 def worst(values: Iterable[float]) -> float:

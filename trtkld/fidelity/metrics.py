@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from trtkld.errors import EvaluationError
+
 INT8_MIN, INT8_MAX = -128, 127  # ONNX / TensorRT QuantizeLinear saturation range
 THRESHOLD_STEPS = 127           # amax = 127 * scale (symmetric INT8)
 
@@ -93,7 +95,8 @@ class OutputAccumulator:
 
     def update(self, ref: np.ndarray, test: np.ndarray) -> None:
         if ref.shape != test.shape:
-            raise ValueError(f"output {self.name}: Q/DQ shape {test.shape} != FP32 {ref.shape}")
+            raise EvaluationError(
+                f"output {self.name}: Q/DQ shape {test.shape} != FP32 {ref.shape}")
         bad = ~np.isfinite(test)
         if bad.any():
             # A NaN/Inf in the INT8 output is a destroyed output: count it, and let it weigh as

@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from trtkld.data import Batch
-from trtkld.data.dataset import PADDING_SUFFIX
+from trtkld.data import PADDING_SUFFIX, Batch
 from trtkld.errors import DataError
 
 MAX_CHUNK = 16  # samples per ORT run when the batch dimension is free

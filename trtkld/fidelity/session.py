@@ -6,8 +6,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from trtkld.data import Batch
-from trtkld.data.dataset import PADDING_SUFFIX
+from trtkld.data import PADDING_SUFFIX, Batch
 from trtkld.errors import ModelError
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -39,11 +39,6 @@ _SUBHIST_MIN = 16384
 # float16 input is widened to float32 (exactly) in chunks of this many elements.
 _F16_CHUNK = 1 << 18
 
-_I32_MAX = np.int32(0x7FFFFFFF)
-_I32_MIN = np.int32(-0x80000000)
-_I64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
-_I64_MIN = np.int64(-0x8000000000000000)
-
 
 # --------------------------------------------------------------------------- block helpers
 @njit(nogil=True, cache=True)

@@ -16,24 +16,19 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trtkld.search.registry import METHODS
+
 # The KL searches, and the threshold of candidate c in bin widths (docs/kld-spec.md): ppq
 # T = r * w, nvidia (m + 0.5) * w, modelopt i * w. Puts every curve on one activation-unit axis.
-CANDIDATE_OFFSETS = {"ppq": 0.0, "nvidia": 0.5, "modelopt": 0.0}
+CANDIDATE_OFFSETS = {r.name: r.candidate_offset for r in METHODS.values()
+                     if r.candidate_offset is not None}
 
 # A 4096-bin histogram drawn at 72 dpi has several bins per pixel; summing adjacent bins keeps
 # the PNG small without changing what the eye can see.
 MAX_DISPLAY_BINS = 512
 
-# Fixed colours per method so the same method looks the same in every figure.
-_METHOD_COLOURS = {
-    "ppq": "#d62728",
-    "nvidia": "#2ca02c",
-    "modelopt": "#1f77b4",
-    "max": "#7f7f7f",
-    "percentile": "#9467bd",
-    "mse": "#8c564b",
-    "auto": "#ff7f0e",
-}
+# Fixed colours per method (from the registry) so a method looks the same in every figure.
+_METHOD_COLOURS = {r.name: r.colour for r in METHODS.values()}
 _FALLBACK_COLOURS = ("#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939")
 
 

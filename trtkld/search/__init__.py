@@ -13,54 +13,36 @@ histogram"``) and dispatches. Methods (fixed order, see ``available_methods``):
 - ``mse``       minimum squared INT8 error over the bin edges.
 - ``auto``      all of the above, best histogram SQNR wins.
 
+Each method is one record in :mod:`trtkld.search.registry`.
+
 Every scale is a finite float32 > 0; every method but ppq uses ``scale = amax / 127``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from trtkld.errors import SearchError
-from trtkld.search.auto import search_auto
-from trtkld.search.baselines import search_max, search_percentile
-from trtkld.search.kl_nvidia import search_modelopt, search_nvidia
-from trtkld.search.kl_ppq import QB, search_ppq
-from trtkld.search.mse import search_mse
 from trtkld.search.quality import GuardFinding, guard_findings, histogram_sqnr_db
+from trtkld.search.registry import (
+    DEFAULT_BINS,
+    METHODS,
+    MethodOption,
+    MethodRecord,
+    get_method,
+    method_names,
+)
 from trtkld.search.result import SearchResult, as_counts, fallback_result, resolve_width
 
-__all__ = ["DEFAULT_BINS", "GuardFinding", "SearchResult", "available_methods", "get_search",
-           "guard_findings", "histogram_sqnr_db", "run_search"]
-
-DEFAULT_BINS = {"ppq": 4096, "nvidia": 2048, "modelopt": 2048, "max": 2048, "percentile": 2048,
-                "mse": 2048, "auto": 4096}
-
-
-@dataclass(frozen=True)
-class _Method:
-    func: Callable[..., SearchResult]
-    scale_divisor: float              # the all-zero fallback's scale = 1.0 / scale_divisor
-    options: tuple[str, ...] = ()     # keyword options the method accepts
-    takes_name: bool = False
-    bins_multiple: int = 1            # the bin count must be a multiple of this
-
-
-_METHODS = {
-    "ppq": _Method(search_ppq, float(QB), takes_name=True, bins_multiple=QB),
-    "nvidia": _Method(search_nvidia, 127.0, takes_name=True),
-    "modelopt": _Method(search_modelopt, 127.0, takes_name=True),
-    "max": _Method(search_max, 127.0),
-    "percentile": _Method(search_percentile, 127.0, ("percentile",), takes_name=True),
-    "mse": _Method(search_mse, 127.0),
-    "auto": _Method(search_auto, 127.0, ("percentile",), takes_name=True),
-}
+__all__ = ["DEFAULT_BINS", "METHODS", "GuardFinding", "MethodOption", "MethodRecord",
+           "SearchResult", "available_methods", "get_method", "guard_findings",
+           "histogram_sqnr_db", "run_search"]
 
 
 def available_methods() -> list[str]:
     """Method names in a fixed order: ppq, nvidia, modelopt, max, percentile, mse, auto."""
-    return list(_METHODS)
+    return method_names()
 
 
 def run_search(method: str, hist: np.ndarray, *, bin_width: Optional[float] = None,
@@ -74,16 +56,18 @@ def run_search(method: str, hist: np.ndarray, *, bin_width: Optional[float] = No
     count the method cannot use (ppq: not a positive multiple of 128).
     """
     name = options.pop("name", None)
-    spec = _METHODS.get(method)
     where = f"tensor {name!r}: " if name else ""
-    if spec is None:
-        raise SearchError(f"{where}unknown search method {method!r}, expected one of "
-                          f"{', '.join(_METHODS)}")
-    unknown = sorted(set(options) - set(spec.options))
+    spec = get_method(method, where=where)
+    unknown = sorted(set(options) - set(spec.option_names))
     if unknown:
-        allowed = ", ".join(spec.options) or "none"
+        allowed = ", ".join(spec.option_names) or "none"
         raise SearchError(f"{where}search method {method!r} does not take option(s) "
                           f"{', '.join(unknown)}; it takes: {allowed}")
+    for option in spec.options:          # each option's check lives in its registry record
+        if option.name in options:
+            problem = option.problem(options[option.name])
+            if problem:
+                raise SearchError(f"{where}{problem}")
     counts = as_counts(hist, name)
     b = counts.size
     if b % spec.bins_multiple:
@@ -94,18 +78,4 @@ def run_search(method: str, hist: np.ndarray, *, bin_width: Optional[float] = No
         return fallback_result(method, spec.scale_divisor)
     if spec.takes_name:
         options["name"] = name
-    return spec.func(counts, w, r, **options)
-
-
-def get_search(method: str) -> Callable[..., SearchResult]:
-    """The search as a callable ``f(hist, *, bin_width=None, hist_max=None, **options)``."""
-    if method not in _METHODS:
-        raise SearchError(f"unknown search method {method!r}, expected one of "
-                          f"{', '.join(_METHODS)}")
-
-    def search(hist: np.ndarray, *, bin_width: Optional[float] = None,
-               hist_max: Optional[float] = None, **options) -> SearchResult:
-        return run_search(method, hist, bin_width=bin_width, hist_max=hist_max, **options)
-
-    search.__name__ = f"search_{method}"
-    return search
+    return spec.search(counts, w, r, **options)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from trtkld.errors import SearchError
-from trtkld.search.baselines import DEFAULT_PERCENTILE, search_max, search_percentile
-from trtkld.search.kl_nvidia import search_modelopt, search_nvidia
-from trtkld.search.kl_ppq import search_ppq
-from trtkld.search.mse import search_mse
+from trtkld.search.baselines import DEFAULT_PERCENTILE
 from trtkld.search.quality import histogram_sqnr_db
+from trtkld.search.registry import DEFAULT_BINS, auto_candidates
 from trtkld.search.result import SearchResult, clipped_fraction
 
-AUTO_ORDER = ("max", "percentile", "ppq", "nvidia", "modelopt", "mse")
+# The candidates and their tie order come from the registry (``auto_rank``).
+AUTO_ORDER = tuple(record.name for record in auto_candidates())
 
 
 def rebin_pairs(counts: np.ndarray) -> np.ndarray:
@@ -51,21 +50,20 @@ def search_auto(counts: np.ndarray, w: float, r: float,
     else:
         half, w_half = counts, w
     results: dict[str, SearchResult] = {}
-    for method in AUTO_ORDER:
-        if method == "ppq":
-            try:
-                results[method] = search_ppq(counts, w, r, name=name)
-            except SearchError:
-                continue          # bin count ppq cannot use: ppq simply does not compete
-        elif method == "percentile":
-            results[method] = search_percentile(half, w_half, r, percentile=percentile,
-                                                name=name)
-        elif method in ("nvidia", "modelopt"):
-            func = search_nvidia if method == "nvidia" else search_modelopt
-            results[method] = func(half, w_half, r, name=name)
+    for record in auto_candidates():
+        if b < record.bins_multiple or b % record.bins_multiple:
+            continue              # bin count the method cannot use (ppq): it does not compete
+        # Methods made for fewer bins than auto's see the exact pairwise rebin.
+        if record.default_bins < DEFAULT_BINS["auto"]:
+            c, cw = half, w_half
         else:
-            func = search_max if method == "max" else search_mse
-            results[method] = func(half, w_half, r)
+            c, cw = counts, w
+        options = {}
+        if record.takes_name:
+            options["name"] = name
+        if "percentile" in record.option_names:
+            options["percentile"] = percentile
+        results[record.name] = record.search(c, cw, r, **options)
     scores = {m: histogram_sqnr_db(counts, w, res.amax, float(res.scale))
               for m, res in results.items()}
     best = pick_best(scores)

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 
-from trtkld.errors import SearchError
 from trtkld.search.result import SearchResult, clipped_fraction, to_scale
 
 DEFAULT_PERCENTILE = 99.99
@@ -23,12 +22,10 @@ def search_percentile(counts: np.ndarray, w: float, r: float,
     """``amax`` = the UPPER edge ``(k + 1) * w`` of the first bin ``k`` whose cumulative count
     reaches ``percentile / 100 * total`` (so at least that share of the mass lies below
     amax); ``index = k + 1``. ``percentile`` in ``(0, 100]``; 100 gives the top edge of the
-    last nonzero bin (``R`` when that is the last bin).
+    last nonzero bin (``R`` when that is the last bin). ``run_search`` has checked it against
+    the registry's ``percentile`` option (``trtkld.search.registry``).
     """
     p = float(percentile)
-    if not (0.0 < p <= 100.0):
-        where = f"tensor {name!r}: " if name else ""
-        raise SearchError(f"{where}percentile must be in (0, 100], found {percentile}")
     cum = np.cumsum(counts)
     target = p / 100.0 * float(cum[-1])
     k = int(np.searchsorted(cum, target, side="left"))

@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import shutil
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,10 +29,12 @@ from trtkld.trt.device import DeviceBackend
 log = logging.getLogger("trtkld.trt")
 
 _INSTALL_HINT = (
-    "TensorRT is not on PyPI for every platform: use NVIDIA's TensorRT container "
-    "(nvcr.io/nvidia/tensorrt:<yy.mm>-py3, see the project's Dockerfile) or a local TensorRT "
-    "install with its Python wheel, then `pip install trtkld[tensorrt]` for pycuda. "
-    "Without TensorRT, `trtkld calibrate` still writes the calibration cache on CPU"
+    "On a GPU machine: `pip install \"tensorrt-cu12<11\" pycuda` (pin below 11: a plain "
+    "`pip install tensorrt` now gives TensorRT 11, which has no INT8 calibrators), or use "
+    "NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt:<yy.mm>-py3 with TensorRT 10.x, see "
+    "the project's Dockerfile) and `pip install trtkld[tensorrt]` for pycuda. "
+    "Without TensorRT, `trtkld calibrate` still writes the calibration cache on CPU, and "
+    "`trtkld qdq` the Q/DQ model"
 )
 
 QDQ_HINT = (
@@ -40,12 +44,45 @@ QDQ_HINT = (
     "(`python -m modelopt.onnx.quantization --calibration_cache_path MODEL.cache ...`)"
 )
 
-# Calibrator base class name -> (cache header algorithm, trt.CalibrationAlgoType member).
-CALIBRATOR_ALGORITHMS = {
-    "IInt8EntropyCalibrator2": ("EntropyCalibration2", "ENTROPY_CALIBRATION_2"),
-    "IInt8EntropyCalibrator": ("EntropyCalibration", "ENTROPY_CALIBRATION"),
-    "IInt8MinMaxCalibrator": ("MinMaxCalibration", "MINMAX_CALIBRATION"),
-}
+# Every attribute of the `tensorrt` module trtkld uses (dotted paths from the module), for
+# the API-surface check against the real bindings of each supported version. Members that
+# only some versions have are read with getattr(..., None) and listed in OPTIONAL_TENSORRT_API.
+TENSORRT_API = (
+    "__version__",
+    "IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator",
+    "IInt8EntropyCalibrator2.__init__", "IInt8EntropyCalibrator2.get_batch",
+    "IInt8EntropyCalibrator2.get_batch_size", "IInt8EntropyCalibrator2.read_calibration_cache",
+    "IInt8EntropyCalibrator2.write_calibration_cache", "IInt8EntropyCalibrator2.get_algorithm",
+    "CalibrationAlgoType.ENTROPY_CALIBRATION_2", "CalibrationAlgoType.ENTROPY_CALIBRATION",
+    "CalibrationAlgoType.MINMAX_CALIBRATION",
+    "ILogger", "ILogger.__init__", "ILogger.log", "ILogger.Severity.INTERNAL_ERROR",
+    "ILogger.Severity.ERROR", "ILogger.Severity.WARNING", "ILogger.Severity.INFO",
+    "ILogger.Severity.VERBOSE",
+    "Builder", "Builder.create_network", "Builder.create_builder_config",
+    "Builder.create_optimization_profile", "Builder.build_serialized_network",
+    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH",
+    "OnnxParser", "OnnxParser.parse_from_file", "OnnxParser.num_errors", "OnnxParser.get_error",
+    "INetworkDefinition.num_inputs", "INetworkDefinition.get_input",
+    "INetworkDefinition.num_layers", "INetworkDefinition.get_layer",
+    "INetworkDefinition.mark_output",
+    "ILayer.num_outputs", "ILayer.get_output",
+    "ITensor.name", "ITensor.shape", "ITensor.dtype", "ITensor.is_network_output",
+    "ITensor.is_shape_tensor", "ITensor.is_execution_tensor",
+    "IBuilderConfig.set_flag", "IBuilderConfig.clear_flag", "IBuilderConfig.int8_calibrator",
+    "IBuilderConfig.add_optimization_profile", "IBuilderConfig.set_calibration_profile",
+    "IBuilderConfig.num_optimization_profiles", "IBuilderConfig.set_memory_pool_limit",
+    "IOptimizationProfile.set_shape",
+    "BuilderFlag.INT8", "BuilderFlag.FP16", "BuilderFlag.TF32", "MemoryPoolType.WORKSPACE",
+    "Runtime", "Runtime.deserialize_cuda_engine",
+    "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_shape",
+    "ICudaEngine.create_execution_context",
+    "IExecutionContext.set_input_shape", "IExecutionContext.set_tensor_address",
+    "IExecutionContext.get_tensor_shape", "IExecutionContext.execute_async_v3",
+    "TensorIOMode.INPUT", "float32", "float16", "nptype",
+)
+# Read with getattr(..., None): absent in some supported versions (bfloat16 came in 9.0).
+OPTIONAL_TENSORRT_API = ("bfloat16",)
 
 
 # ---------------------------------------------------------------------------------- imports
@@ -59,14 +96,6 @@ def import_tensorrt() -> Any:
         raise TensorRTUnavailableError(
             f"TensorRT's Python package `tensorrt` cannot be imported ({exc}). {_INSTALL_HINT}."
         ) from exc
-
-
-def tensorrt_available() -> bool:
-    try:
-        import_tensorrt()
-    except TensorRTUnavailableError:
-        return False
-    return True
 
 
 def import_pycuda() -> tuple[Any, Any]:
@@ -129,38 +158,128 @@ def default_calibrator_base() -> type:
 
 def calibration_algo_type(algorithm: str) -> Any:
     """``trt.CalibrationAlgoType`` member for a cache header algorithm name."""
-    trt = import_tensorrt()
-    for header, member in CALIBRATOR_ALGORITHMS.values():
-        if header == algorithm:
-            return getattr(trt.CalibrationAlgoType, member)
-    raise TrtkldError(f"no TensorRT calibration algorithm type for cache algorithm {algorithm!r}")
+    from trtkld.trt.bases import algo_type_member
+
+    return getattr(import_tensorrt().CalibrationAlgoType, algo_type_member(algorithm))
 
 
 # ---------------------------------------------------------------------------------- pycuda
 
 
-class PycudaBackend(DeviceBackend):
-    """Device memory and kernels through pycuda, on the device's primary context.
+def _release_context(driver: Any, context: Any) -> None:
+    """Pop ``context`` if this backend pushed it and it is still the current one."""
+    if context is None:
+        return
+    try:
+        current = driver.Context.get_current()
+    except Exception:  # pycuda already torn down at exit: nothing left to pop
+        return
+    if current is not None and current == context:
+        driver.Context.pop()
+    else:
+        log.warning("pycuda context of trtkld's device backend is not current; not popped")
 
-    The primary context is the one TensorRT (CUDA runtime API) uses, so pointers from here are
-    valid in TensorRT's calls. Kernels are compiled once per backend with
-    ``pycuda.compiler.SourceModule`` from :data:`trtkld.trt.kernels.SOURCE`.
+
+NVCC_HINT = (
+    "compiling trtkld's CUDA histogram kernels needs either nvcc (the CUDA toolkit, e.g. "
+    "`apt-get install cuda-nvcc-12-x` or NVIDIA's CUDA/TensorRT container) on PATH, or NVRTC "
+    "through cuda-python (`pip install \"cuda-python<13\" nvidia-cuda-nvrtc-cu12`)"
+)
+
+
+def import_nvrtc() -> Optional[Any]:
+    """cuda-python's ``nvrtc`` module (new or old layout), or None if not installed."""
+    for name in ("cuda.bindings.nvrtc", "cuda.nvrtc"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def nvrtc_ptx(source: str, arch: tuple[int, int], nvrtc: Any = None) -> bytes:
+    """PTX of ``source`` for compute capability ``arch``, compiled by NVRTC (no nvcc)."""
+    nvrtc = import_nvrtc() if nvrtc is None else nvrtc
+    if nvrtc is None:
+        raise TensorRTUnavailableError(f"cuda-python's nvrtc is not installed; {NVCC_HINT}")
+
+    def ok(result: Any) -> Any:
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise TrtkldError(f"NVRTC failed: {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    prog = ok(nvrtc.nvrtcCreateProgram(source.encode(), b"trtkld_kernels.cu", 0, [], []))
+    opts = [f"--gpu-architecture=compute_{arch[0]}{arch[1]}".encode(), b"--std=c++14"]
+    try:
+        ok(nvrtc.nvrtcCompileProgram(prog, len(opts), opts))
+    except TrtkldError as exc:
+        size = ok(nvrtc.nvrtcGetProgramLogSize(prog))
+        text = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, text)
+        raise TrtkldError(f"{exc}: {text.decode(errors='replace').strip()}") from None
+    size = ok(nvrtc.nvrtcGetPTXSize(prog))
+    ptx = b" " * size
+    ok(nvrtc.nvrtcGetPTX(prog, ptx))
+    return ptx
+
+
+class PycudaBackend(DeviceBackend):
+    """Device memory and kernels through pycuda.
+
+    Context rules (create it BEFORE the build, never inside a TensorRT callback):
+
+    - if the thread already has a current context (user code did ``import pycuda.autoinit``,
+      or pushed its own), it is used as it is and never pushed or popped;
+    - otherwise the device's primary context (the one TensorRT's runtime API uses, so
+      pointers from here are valid in TensorRT's calls) is retained and pushed once, here;
+    - nothing is pushed or popped afterwards until :meth:`close`, and a ``weakref.finalize``
+      pops it if the backend is dropped unclosed or at interpreter exit, so pycuda does not
+      abort with "context stack was not empty".
+
+    Kernels are compiled once per backend: by nvcc through ``pycuda.compiler.SourceModule``
+    when nvcc is on PATH, else by NVRTC through cuda-python; neither gives a clear error.
     """
 
     name = "pycuda"
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, device: int = 0, kernel_compiler: str = "auto") -> None:
+        if kernel_compiler not in ("auto", "nvcc", "nvrtc"):
+            raise TrtkldError(f"kernel_compiler {kernel_compiler!r}: choose auto, nvcc or nvrtc")
+        self.kernel_compiler = kernel_compiler
         self._driver, self._compiler = import_pycuda()
-        self._context = self._driver.Device(device).retain_primary_context()
-        self._context.push()
+        current = self._driver.Context.get_current()
+        if current is not None:
+            self._context = current
+            pushed = None
+        else:
+            self._context = self._driver.Device(device).retain_primary_context()
+            self._context.push()
+            pushed = self._context
+        self.owns_context = pushed is not None
         self._stream = self._driver.Stream()
         self._module: Any = None
         self._closed = False
+        self._finalizer = weakref.finalize(self, _release_context, self._driver, pushed)
+        self._finalizer.atexit = True
 
     def _functions(self) -> Any:
         if self._module is None:
-            self._module = self._compiler.SourceModule(kernels.SOURCE, no_extern_c=True)
+            self._module = self._compile()
         return self._module
+
+    def _compile(self) -> Any:
+        use = self.kernel_compiler
+        if use == "nvcc" or (use == "auto" and shutil.which("nvcc") is not None):
+            if shutil.which("nvcc") is None:
+                raise TensorRTUnavailableError(f"nvcc is not on PATH: {NVCC_HINT}")
+            return self._compiler.SourceModule(kernels.SOURCE, no_extern_c=True)
+        if import_nvrtc() is not None:
+            arch = self._context.get_device().compute_capability()
+            return self._driver.module_from_buffer(nvrtc_ptx(kernels.SOURCE, tuple(arch)))
+        raise TensorRTUnavailableError(
+            f"nvcc is not on PATH and cuda-python is not installed: {NVCC_HINT}"
+        )
 
     def allocate(self, nbytes: int) -> Any:
         return self._driver.mem_alloc(max(int(nbytes), 1))
@@ -222,6 +341,7 @@ class PycudaBackend(DeviceBackend):
         return int(self._stream.handle)
 
     def close(self) -> None:
+        """Wait for queued work, then pop the context if this backend pushed it."""
         if self._closed:
             return
         self._closed = True
@@ -229,4 +349,4 @@ class PycudaBackend(DeviceBackend):
             self._stream.synchronize()
         finally:
             self._module = None
-            self._context.pop()
+            self._finalizer()

@@ -17,32 +17,35 @@ instance is of a subclass of both :class:`KLDCalibrator` and that base, and the 
 
 TensorRT's builder calls ``read_calibration_cache()`` first: we return a cache we made (or
 reuse) from our own histograms and search, so TensorRT skips its built-in entropy search and
-never calls ``get_batch``. ``get_batch`` serves the same data to TensorRT's own calibration
-when ``method="tensorrt"`` asks for it (for comparison; its cache is written next to ours by
-``write_calibration_cache``).
+never calls ``get_batch``. ``get_batch`` serves the data only to TensorRT's own calibration,
+``method="tensorrt"`` (for comparison; its cache is written next to ours by
+``write_calibration_cache``); for any other method it refuses, so TensorRT never calibrates by
+itself behind our back.
 
-TensorRT swallows exceptions raised in these callbacks, so each callback records its error,
-logs it loudly and returns ``None``; :meth:`check` raises it after the build.
+TensorRT swallows exceptions raised in these callbacks (any ``BaseException``), so each
+callback records its error, logs it loudly and returns ``None``; :meth:`check` raises it after
+the build. Collaborators: :mod:`.bases`, :mod:`.feeder`, :mod:`.cache_policy`.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
-from trtkld.cache import sidecar as cachemeta
-from trtkld.errors import DataError, TrtkldError
-from trtkld.trt.device import DeviceBackend, InputBuffers
+from trtkld.errors import TrtkldError
+from trtkld.trt import bases, cache_policy
+from trtkld.trt.cache_policy import CacheMaker, CachePolicy, CacheRequest
+from trtkld.trt.device import DeviceBackend
+from trtkld.trt.feeder import BatchFeeder, LazyCalibrationData
 
 log = logging.getLogger("trtkld.trt")
 
 BUILTIN_METHOD = "tensorrt"  # TensorRT's own calibration, for comparison
 COLLECTORS = ("onnxruntime", "tensorrt")
+
+algorithm_of_base = bases.algorithm_of_base
 
 
 class CalibrationError(TrtkldError, RuntimeError):
@@ -55,42 +58,9 @@ def _backend_module():
     return _backend
 
 
-def _engine_module():
-    from trtkld.trt import engine
-
-    return engine
-
-
-def algorithm_of_base(base: type) -> str:
-    """Cache header algorithm for a calibrator base class, from the TensorRT class in its MRO."""
-    table = _backend_module().CALIBRATOR_ALGORITHMS
-    for klass in base.__mro__:
-        if klass.__name__ in table:
-            return table[klass.__name__][0]
-    raise TrtkldError(
-        f"calibrator base class {base.__module__}.{base.__qualname__} derives from none of "
-        f"{', '.join('trt.' + n for n in table)}; the cache algorithm cannot be chosen "
-        f"(IInt8LegacyCalibrator is not supported)"
-    )
-
-
-_CLASS_CACHE: dict[type, type] = {}
-
-
 def calibrator_class(base_class: type) -> type:
     """The KLDCalibrator subclass built on ``base_class`` (one class per base, cached)."""
-    klass = _CLASS_CACHE.get(base_class)
-    if klass is None:
-        algorithm_of_base(base_class)  # fail early for an unsupported base
-        # type() picks the most derived metaclass (pybind11's for TensorRT's classes).
-        klass = type(
-            "KLDCalibrator",
-            (KLDCalibrator, base_class),
-            {"_trt_base": base_class, "__module__": __name__,
-             "__qualname__": f"KLDCalibrator[{base_class.__name__}]"},
-        )
-        _CLASS_CACHE[base_class] = klass
-    return klass
+    return bases.derived_class(KLDCalibrator, base_class)
 
 
 def _available_methods() -> list[str]:
@@ -101,6 +71,10 @@ def _available_methods() -> list[str]:
 
 class KLDCalibrator:
     """TensorRT INT8 calibrator using trtkld's histograms and threshold search.
+
+    A thin shell around plain collaborators: the TensorRT callbacks, error recording and
+    :meth:`check`. :class:`~trtkld.trt.feeder.BatchFeeder` serves batches,
+    :class:`~trtkld.trt.cache_policy.CacheMaker` / ``CachePolicy`` reuse or make our cache.
 
     Args:
         data: a :class:`trtkld.data.CalibrationData`, or any source ``open_data`` accepts
@@ -116,12 +90,15 @@ class KLDCalibrator:
             version. Otherwise regenerated (atomically) with a log line saying why.
         onnx: the ONNX model (needed to generate the cache and to read input specs).
         base_class: calibrator base (default ``trt.IInt8EntropyCalibrator2``);
-            ``trt.IInt8EntropyCalibrator`` and ``trt.IInt8MinMaxCalibrator`` also work.
+            its algorithm goes into the cache header.
         collector: ``"onnxruntime"`` (CPU, ONNX names) or ``"tensorrt"`` (FP32 TensorRT engine
-            with every tensor as output, histograms on the GPU, TensorRT's names).
+            with every tensor as output, histograms on the GPU, TensorRT's names; call
+            :meth:`prepare` before the build, as that is a TensorRT build of its own).
         trt_version: version for the cache header (default: the running TensorRT's).
         device_backend: a :class:`~trtkld.trt.device.DeviceBackend` (default: pycuda, created
-            on first use and closed by :meth:`close`; an injected one is left open).
+            here, before any build, when ``method="tensorrt"`` or ``collector="tensorrt"``
+            needs device memory, and released by :meth:`close` or at exit; an injected one
+            is left open).
         batch_size: batch size when ``data`` is a source.
         preprocess: image options when ``data`` is an image folder: a
             :class:`trtkld.data.PreprocessOptions` or a preset name (``"imagenet"``,
@@ -136,12 +113,8 @@ class KLDCalibrator:
     _trt_base: Optional[type] = None
 
     def __new__(cls, *args: Any, base_class: Optional[type] = None, **kwargs: Any):
-        if cls is KLDCalibrator:
-            if base_class is None:
-                base_class = _backend_module().default_calibrator_base()
-            else:
-                _refuse_tensorrt_11(base_class)
-            sub = calibrator_class(base_class)
+        if cls._trt_base is None:  # KLDCalibrator, or a user subclass not yet on a base
+            sub = bases.derived_class(cls, bases.resolve_base(base_class))
             return sub.__new__(sub, *args, **kwargs)
         # The base's __new__ takes no constructor arguments (pybind11 and object alike).
         return cls._trt_base.__new__(cls)  # type: ignore[union-attr]
@@ -169,11 +142,10 @@ class KLDCalibrator:
         base = type(self)._trt_base
         assert base is not None, "KLDCalibrator is instantiated through its base-class subclass"
         base.__init__(self)  # TensorRT's pybind11 base must be initialised, or it crashes
-        self._closed = False
-        self._buffers: Optional[InputBuffers] = None
-        self._own_backend = device_backend is None
-        self._device = device_backend
         self.errors: list[tuple[str, BaseException]] = []
+        self._closed = False
+        self._device = device_backend
+        self._own_backend = False
 
         methods = _available_methods() + [BUILTIN_METHOD]
         if method not in methods:
@@ -184,44 +156,70 @@ class KLDCalibrator:
             )
         self.method = method
         self.collector = collector
-        self.algorithm = algorithm_of_base(base)
+        self.algorithm = bases.algorithm_of_base(base)
         self.cache_file = Path(cache_file)
-        self.tensorrt_cache_file = Path(
-            tensorrt_cache_file or cachemeta.tensorrt_cache_path(self.cache_file)
+        self.tensorrt_cache_file = cache_policy.tensorrt_cache_file(
+            self.cache_file, tensorrt_cache_file
         )
-        if self.tensorrt_cache_file.resolve() == self.cache_file.resolve():
-            raise TrtkldError(
-                f"tensorrt_cache_file {self.tensorrt_cache_file} is the cache file itself; "
-                f"TensorRT's cache must never overwrite ours"
-            )
         self.onnx = None if onnx is None else Path(onnx)
         self.trt_version = trt_version or _backend_module().tensorrt_version()
-        from trtkld.cache import trt_version_number
-
-        self._version_number = trt_version_number(self.trt_version)
         self.search_options = dict(search_options or {})
         self.include = list(include) if include else None
         self.exclude = list(exclude) if exclude else None
-        self.force = force
         self.quiet = quiet
-        self._batch_size = batch_size
-        self._preprocess = preprocess
-        self._data_arg = data
-        self._data: Any = None
-        self._specs: Optional[list] = None
-        self._calib_shapes: Optional[dict[str, tuple[int, ...]]] = None
 
-        self._iter: Any = None
+        self.data = LazyCalibrationData(
+            data, self.onnx, batch_size=batch_size, preprocess=preprocess
+        )
+        self.cache = CacheMaker(
+            CacheRequest(
+                cache_file=self.cache_file, trt_version=self.trt_version,
+                algorithm=self.algorithm, method=method, options=self.search_options,
+                collector=collector, onnx=self.onnx,
+            ),
+            CachePolicy(force=force),
+            data=self._require_data,
+            histograms=self._gpu_histograms if collector == "tensorrt" else None,
+            include=self.include, exclude=self.exclude, quiet=quiet,
+        )
+        self.feeder = BatchFeeder(self.data, self._backend)
+        self.request = self.cache.request
+
         self.get_batch_calls = 0
-        self.batches_served = 0
-        self.batches_available: Optional[int] = None
-        self.end_of_data = False
         self.read_cache_calls = 0
         self.served_our_cache = False
         self.tensorrt_wrote_cache = False
-        self._cache_bytes: Optional[bytes] = None
-        self.cache_status: Optional[str] = None  # "reused" | "generated"
-        self.regeneration_reason: Optional[str] = None
+        if self._device is None and (method == BUILTIN_METHOD or collector == "tensorrt"):
+            # Device memory is needed: get it now, before any build, never inside a callback.
+            self._device = _backend_module().PycudaBackend()
+            self._own_backend = True
+
+    # ------------------------------------------------------------------ state, for callers
+    @property
+    def device_backend(self) -> Optional[DeviceBackend]:
+        """The device backend in use (None if this calibrator needs no device memory)."""
+        return self._device
+
+    @property
+    def cache_status(self) -> Optional[str]:
+        """``"reused"`` or ``"generated"`` once our cache was prepared."""
+        return self.cache.status
+
+    @property
+    def regeneration_reason(self) -> Optional[str]:
+        return self.cache.reason
+
+    @property
+    def batches_served(self) -> int:
+        return self.feeder.served
+
+    @property
+    def batches_available(self) -> Optional[int]:
+        return self.feeder.available
+
+    @property
+    def end_of_data(self) -> bool:
+        return self.feeder.exhausted
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> KLDCalibrator:
@@ -236,112 +234,94 @@ class KLDCalibrator:
             return
         self._closed = True
         try:
-            if self._buffers is not None:
-                self._buffers.close()
+            self.feeder.close()
         finally:
-            self._buffers = None
             if self._own_backend and self._device is not None:
                 self._device.close()
                 self._device = None
 
     def _backend(self) -> DeviceBackend:
         if self._device is None:
-            self._device = _backend_module().PycudaBackend()
+            raise CalibrationError(
+                "no device backend: this calibrator needs device memory only for "
+                "method='tensorrt' or collector='tensorrt' (or pass device_backend=...)"
+            )
         return self._device
 
-    # ------------------------------------------------------------------ data
-    def _input_specs(self) -> list:
-        if self._specs is None:
-            data = self._data_arg
-            if data is not None and hasattr(data, "specs"):
-                self._specs = list(data.specs)
-            elif self.onnx is not None:
-                from trtkld.data import input_specs_from_onnx
-
-                self._specs = input_specs_from_onnx(self.onnx)
-            else:
-                raise DataError("the calibrator needs `onnx` to know the network inputs")
-        return self._specs
-
+    # ------------------------------------------------------------------ data and profiles
     def _require_data(self) -> Any:
-        if self._data is None:
-            data = self._data_arg
-            if data is None:
-                raise DataError(
-                    f"no calibration data was given, and the cache {self.cache_file} cannot be "
-                    f"used as it is; pass data (e.g. --data DIR)"
-                )
-            if hasattr(data, "specs") and hasattr(data, "__iter__") and hasattr(data, "__len__"):
-                self._data = data
-            else:
-                from trtkld.data import PreprocessOptions, open_data
+        return self.data.require(
+            f"no calibration data was given, and the cache {self.cache_file} cannot be used as "
+            f"it is; pass data (e.g. --data DIR)"
+        )
 
-                pre = self._preprocess
-                if isinstance(pre, str):
-                    pre = PreprocessOptions.preset(pre)
-                self._data = open_data(
-                    data, self._input_specs(), batch_size=self._batch_size, preprocess=pre
-                )
-        return self._data
+    def _gpu_histograms(self, data: Any) -> Any:
+        from trtkld.search import DEFAULT_BINS
+        from trtkld.trt.gpu_collect import collect_histograms_tensorrt
+
+        return collect_histograms_tensorrt(
+            self.onnx, data, num_bins=DEFAULT_BINS[self.method], backend=self._backend(),
+            include=self.include, exclude=self.exclude, quiet=self.quiet,
+        )
 
     def calibration_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Input name -> the shape every calibration batch has (the calibration profile's OPT).
-
-        The first batch's shapes: a fixed-batch model fixes them, a dynamic one batches up to
-        ``batch_size`` (a shorter last batch is padded by repeating rows, as for fixed batches).
-        """
-        if self._calib_shapes is None:
-            first = next(iter(self._require_data()), None)
-            if first is None:
-                raise DataError("calibration data holds no batch")
-            self._calib_shapes = {n: tuple(a.shape) for n, a in first.inputs.items()}
-        return dict(self._calib_shapes)
+        """Input name -> the shape every calibration batch has (the calibration profile's OPT)."""
+        self._require_data()
+        return self.data.calibration_shapes()
 
     def set_calibration_profile(self, builder: Any, network: Any, config: Any) -> bool:
         """Give a network with runtime dimensions its calibration profile; False if static.
 
-        Adds an optimization profile with opt = max = :meth:`calibration_shapes` (what the
-        device buffers hold) and min batch 1, and makes it ``config``'s calibration profile,
-        as TensorRT requires for dynamic shapes. Takes TensorRT's own builder objects.
+        The calibration profile has opt = max = :meth:`calibration_shapes` (what the device
+        buffers hold), and min batch 1 for a runtime batch axis. It is separate from the build
+        profiles, which decide the shapes the engine accepts: only if ``config`` has no
+        optimization profile yet is it also added as the build profile (an engine then takes
+        at most the calibration batch; :func:`trtkld.trt.engine.configure_int8` builds one
+        from MIN/OPT/MAX options). Takes TensorRT's own builder objects.
         """
-        profile = _engine_module().calibration_profile(
-            builder, network, self.calibration_shapes()
-        )
+        from trtkld.trt import engine
+
+        profile = engine.calibration_profile(builder, network, self.calibration_shapes())
         if profile is None:
             return False
-        config.add_optimization_profile(profile)
+        if int(config.num_optimization_profiles) == 0:
+            config.add_optimization_profile(profile)
         config.set_calibration_profile(profile)
         return True
 
-    def get_batch_size(self) -> int:
-        """Rows per batch (ignored by TensorRT for explicit-batch networks)."""
-        shapes = self._calib_shapes
-        if shapes:
-            first = next(iter(shapes.values()))
-            if first:
-                return int(first[0])
-        return 1
+    def prepare(self) -> bytes:
+        """Reuse or (re)generate our cache now; its bytes. Call it before the build.
+
+        ``read_calibration_cache`` calls it too, but inside TensorRT's callback errors are
+        only recorded, and ``collector="tensorrt"`` (a TensorRT build) is refused there.
+        """
+        if self.method == BUILTIN_METHOD:
+            raise CalibrationError(
+                "method 'tensorrt' uses TensorRT's own cache; there is nothing to prepare"
+            )
+        return self.cache.get()
 
     # ------------------------------------------------------------------ errors
     def _record(self, where: str, exc: BaseException) -> None:
         self.errors.append((where, exc))
         log.error(
-            "%s failed: %s: %s -- TensorRT swallows exceptions raised in calibrator callbacks and "
-            "would treat this as 'no data'; calibration is stopped and calib.check() will raise it",
+            "%s failed: %s: %s -- TensorRT swallows exceptions raised in calibrator callbacks "
+            "and would go on without our cache; calibration is stopped and calib.check() will "
+            "raise it",
             where, type(exc).__name__, exc,
         )
 
     def check(self) -> None:
         """Raise the first error recorded in a callback, or if calibration was incomplete.
 
-        Run it after ``build_serialized_network``: it also fails when TensorRT asked for
-        batches but stopped before the end of the data, and when TensorRT asked for batches
-        although we had served it our cache (it rejected the cache).
+        Run it after ``build_serialized_network``. A ``KeyboardInterrupt`` (or other
+        ``BaseException``) caught in a callback is raised again as it was. Also fails when
+        TensorRT asked for batches but stopped before the end of the data.
         """
         if self.errors:
             where, exc = self.errors[0]
             more = f" (and {len(self.errors) - 1} later error(s))" if len(self.errors) > 1 else ""
-            if isinstance(exc, TrtkldError):
+            if isinstance(exc, TrtkldError) or not isinstance(exc, Exception):
                 raise exc
             raise CalibrationError(f"{where} failed: {type(exc).__name__}: {exc}{more}") from exc
         if self.get_batch_calls and not self.end_of_data:
@@ -355,74 +335,44 @@ class KLDCalibrator:
         """``trt.CalibrationAlgoType`` matching the cache header's algorithm."""
         return _backend_module().calibration_algo_type(self.algorithm)
 
+    def get_batch_size(self) -> int:
+        """Rows per batch (ignored by TensorRT for explicit-batch networks)."""
+        shapes = self.data.known_shapes
+        if shapes:
+            first = next(iter(shapes.values()))
+            if first:
+                return int(first[0])
+        return 1
+
     def get_batch(self, names: Sequence[str], *_: Any) -> Optional[list[int]]:
-        """Device pointers of the next batch, in the order of ``names``; ``None`` at the end."""
+        """Device pointers of the next batch, in the order of ``names``; ``None`` at the end.
+
+        Only ``method="tensorrt"`` serves batches: for any other method a call means TensorRT
+        is about to calibrate by itself (it rejected our cache, or none was handed over), which
+        would put TensorRT's scales in the engine instead of the method's.
+        """
         self.get_batch_calls += 1
         if self.errors:
             return None
         try:
             if self._closed:
                 raise CalibrationError("get_batch called on a closed calibrator")
-            if self.served_our_cache:
-                raise CalibrationError(
-                    f"TensorRT asked for calibration batches although read_calibration_cache() "
-                    f"returned our cache {self.cache_file} (header TRT-{self._version_number}-"
-                    f"{self.algorithm}): TensorRT rejected it, and would otherwise calibrate "
-                    f"with its own search. Check the TensorRT log above"
+            if self.method != BUILTIN_METHOD:
+                handed = (
+                    f"read_calibration_cache() returned our cache {self.cache_file} (header "
+                    f"TRT-{self.request.version_number}-{self.algorithm}): TensorRT rejected it"
+                    if self.served_our_cache
+                    else "no cache of ours was handed to TensorRT"
                 )
-            if self._iter is None:
-                data = self._require_data()
-                self.calibration_shapes()
-                self.batches_available = len(data)
-                self._iter = iter(data)
-            try:
-                batch = next(self._iter)
-            except StopIteration:
-                self.end_of_data = True
-                log.info("calibration data exhausted after %d batch(es)", self.batches_served)
-                return None
-            ptrs = self._upload(batch, list(names))
-            self.batches_served += 1
-            return ptrs
-        except Exception as exc:
+                raise CalibrationError(
+                    f"TensorRT asked for calibration batches, but method {self.method!r} must "
+                    f"calibrate from our cache and never lets TensorRT calibrate by itself; "
+                    f"{handed}. Check the TensorRT log above"
+                )
+            return self.feeder.next_pointers(names)
+        except BaseException as exc:  # noqa: B036 - TensorRT would swallow it; check() re-raises
             self._record("get_batch", exc)
             return None
-
-    def _upload(self, batch: Any, names: list[str]) -> list[int]:
-        specs = {s.name: s for s in self._input_specs()}
-        where = ", ".join(batch.sources[:3]) + (" ..." if len(batch.sources) > 3 else "")
-        unknown = [n for n in names if n not in specs]
-        if unknown:
-            raise DataError(
-                f"TensorRT asked for input(s) {unknown}, which the model's inputs "
-                f"{sorted(specs)} do not include"
-            )
-        missing = [n for n in specs if n not in names]
-        if missing:
-            raise DataError(
-                f"TensorRT asked for inputs {names} but the model also has {missing}; "
-                f"the network and {self.onnx} differ"
-            )
-        if self._buffers is None:
-            self._buffers = InputBuffers(self._backend())
-            for name, shape in self.calibration_shapes().items():
-                nbytes = int(np.prod(shape)) * specs[name].dtype.itemsize
-                self._buffers.reserve(name, nbytes)
-        ptrs = []
-        for name in names:
-            if name not in batch.inputs:
-                raise DataError(f"batch from {where} has no input {name!r}")
-            arr = batch.inputs[name]
-            want = self._calib_shapes[name]  # type: ignore[index]
-            if arr.dtype != specs[name].dtype:
-                raise DataError(
-                    f"input {name!r} from {where}: dtype {arr.dtype}, the network expects "
-                    f"{specs[name].dtype}"
-                )
-            if tuple(arr.shape) != want:
-                arr = _pad_rows(arr, want, name, where)
-            ptrs.append(self._buffers.upload(name, arr))
-        return ptrs
 
     def read_calibration_cache(self) -> Optional[bytes]:
         """Our cache bytes (reused or freshly generated); ``None`` makes TensorRT calibrate."""
@@ -436,8 +386,15 @@ class KLDCalibrator:
             )
             return None
         try:
+            if self.collector == "tensorrt" and self.cache.would_generate():
+                raise CalibrationError(
+                    "collector 'tensorrt' builds its own TensorRT engine to collect histograms, "
+                    "which cannot run inside TensorRT's read_calibration_cache(): call "
+                    "calib.prepare() before build_serialized_network (`trtkld build` and "
+                    "trtkld.trt.engine.build_int8_engine do), or use collector='onnxruntime'"
+                )
             data = self.prepare()
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B036 - TensorRT would swallow it; check() re-raises
             self._record("read_calibration_cache", exc)
             return None
         self.served_our_cache = True
@@ -446,144 +403,17 @@ class KLDCalibrator:
     def write_calibration_cache(self, cache: Any) -> None:
         """Store TensorRT's own cache under a separate name; ours is never overwritten."""
         try:
+            from trtkld.cache.sidecar import atomic_write_bytes
+
             data = bytes(cache)
-            cachemeta.atomic_write_bytes(self.tensorrt_cache_file, data)
+            atomic_write_bytes(self.tensorrt_cache_file, data)
             self.tensorrt_wrote_cache = True
-            same = self._cache_bytes is not None and data == self._cache_bytes
+            ours = self.cache.cache_bytes
             log.info(
                 "TensorRT wrote its calibration cache to %s%s (ours, %s, is unchanged); compare "
                 "them with: trtkld diff %s %s",
-                self.tensorrt_cache_file, " (identical to ours)" if same else "",
+                self.tensorrt_cache_file, " (identical to ours)" if data == ours else "",
                 self.cache_file, self.cache_file, self.tensorrt_cache_file,
             )
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B036 - TensorRT would swallow it; check() re-raises
             self._record("write_calibration_cache", exc)
-
-    # ------------------------------------------------------------------ our cache
-    def reuse_problem(self) -> Optional[str]:
-        """Why ``cache_file`` cannot be reused as is; ``None`` if it can."""
-        from trtkld.cache import format_trt_version, parse_cache
-
-        path = self.cache_file
-        if self.force:
-            return "regeneration was forced"
-        if not path.is_file():
-            return f"no cache file at {path}"
-        raw = path.read_bytes()
-        try:
-            cache = parse_cache(raw)
-        except TrtkldError as exc:
-            return f"it cannot be parsed ({exc})"
-        if cache.version_number != self._version_number:
-            try:
-                written = format_trt_version(cache.version_number)
-            except TrtkldError:
-                written = str(cache.version_number)
-            return (
-                f"it was written for TensorRT {written} (header {cache.header}), but TensorRT "
-                f"{self.trt_version} (TRT-{self._version_number}) is running"
-            )
-        if cache.algorithm != self.algorithm:
-            return (
-                f"its algorithm is {cache.algorithm} (header {cache.header}), but this "
-                f"calibrator ({type(self)._trt_base.__name__}) uses {self.algorithm}"
-            )
-        try:
-            meta = cachemeta.read_metadata(path)
-        except TrtkldError as exc:
-            return str(exc)
-        return cachemeta.metadata_problem(
-            meta, cache_file=path, cache_bytes=raw, method=self.method,
-            options=self.search_options, collector=self.collector,
-        )
-
-    def prepare(self) -> bytes:
-        """Reuse or (re)generate our cache now; its bytes. Called by read_calibration_cache.
-
-        Calling it before the build keeps the histogram collection (for
-        ``collector="tensorrt"`` a second TensorRT build) out of TensorRT's callback.
-        """
-        if self._cache_bytes is not None:
-            return self._cache_bytes
-        if self.method == BUILTIN_METHOD:
-            raise CalibrationError(
-                "method 'tensorrt' uses TensorRT's own cache; there is nothing to prepare"
-            )
-        reason = self.reuse_problem()
-        if reason is None:
-            self._cache_bytes = self.cache_file.read_bytes()
-            self.cache_status = "reused"
-            log.info(
-                "reusing calibration cache %s (TensorRT %s, %s, method %s)",
-                self.cache_file, self.trt_version, self.algorithm, self.method,
-            )
-            return self._cache_bytes
-        self.regeneration_reason = reason
-        log.warning("regenerating calibration cache %s: %s", self.cache_file, reason)
-        self._cache_bytes = self._generate()
-        self.cache_status = "generated"
-        return self._cache_bytes
-
-    def _generate(self) -> bytes:
-        from trtkld.cache import write_cache
-        from trtkld.pipeline import calibrate
-        from trtkld.search import DEFAULT_BINS
-
-        if self.onnx is None:
-            raise DataError(f"generating {self.cache_file} needs the ONNX model (onnx=...)")
-        data = self._require_data()
-        histograms = None
-        if self.collector == "tensorrt":
-            from trtkld.trt.gpu_collect import collect_histograms_tensorrt
-
-            histograms = collect_histograms_tensorrt(
-                self.onnx, data, num_bins=DEFAULT_BINS[self.method], backend=self._backend(),
-                include=self.include, exclude=self.exclude, quiet=self.quiet,
-            )
-        _, outcomes = calibrate(
-            self.onnx, data, [self.method], trt_version=self.trt_version,
-            algorithm=self.algorithm, include=self.include, exclude=self.exclude,
-            quiet=self.quiet, histograms=histograms,
-            method_options={self.method: self.search_options},
-        )
-        cache = outcomes[self.method].cache
-        write_cache(cache, self.cache_file)
-        written = self.cache_file.read_bytes()
-        cachemeta.write_metadata(
-            self.cache_file,
-            cachemeta.make_metadata(
-                method=self.method, options=self.search_options, collector=self.collector,
-                cache_bytes=written,
-            ),
-        )
-        log.info(
-            "wrote calibration cache %s: %d tensors, %s, method %s, collector %s",
-            self.cache_file, len(cache.scales), cache.header, self.method, self.collector,
-        )
-        return written
-
-
-def _pad_rows(arr: np.ndarray, want: tuple[int, ...], name: str, where: str) -> np.ndarray:
-    """A short last batch repeated to the calibration batch size; anything else is an error."""
-    if arr.ndim == len(want) and arr.shape[1:] == want[1:] and 0 < arr.shape[0] < want[0]:
-        log.warning(
-            "input %r from %s: batch of %d rows padded to the calibration batch of %d by "
-            "repeating rows (TensorRT calibrates every batch at the profile's OPT shape)",
-            name, where, arr.shape[0], want[0],
-        )
-        idx = np.arange(want[0]) % arr.shape[0]
-        return np.ascontiguousarray(arr[idx])
-    from trtkld.data.specs import format_shape
-
-    raise DataError(
-        f"input {name!r} from {where}: shape {format_shape(arr.shape)}, expected the calibration "
-        f"shape {format_shape(want)} (the first batch's shape, which sizes the device buffers "
-        f"and the calibration profile)"
-    )
-
-
-def _refuse_tensorrt_11(base_class: type) -> None:
-    """An injected base class from a TensorRT without calibrators is refused like the default."""
-    module = sys.modules.get(getattr(base_class, "__module__", "").split(".")[0])
-    if module is not None and getattr(module, "__name__", "") == "tensorrt":
-        _backend_module().require_calibrator_api(module)

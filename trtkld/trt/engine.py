@@ -12,6 +12,7 @@ Written against the TensorRT 8.6 - 10.x Python API (name-based I/O: ``num_io_ten
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from trtkld.errors import ModelError
+from trtkld.trt import profiles
 from trtkld.trt._backend import import_tensorrt, require_calibrator_api
 from trtkld.trt.device import DeviceBackend
 
@@ -28,38 +30,65 @@ log = logging.getLogger("trtkld.trt")
 
 
 class _Logger:
-    """A trt.ILogger forwarding to Python logging (built lazily: the base class is TensorRT's)."""
+    """A trt.ILogger forwarding to Python logging (built lazily: the base class is TensorRT's).
 
+    TensorRT drops messages below ``min_severity`` before calling ``log`` (default WARNING;
+    ``TRTKLD_TRT_LOG=verbose|info|warning|error`` changes it). Only the last
+    :data:`KEEP_ERRORS` errors are kept (``errors``), for error messages; nothing else is stored.
+    """
+
+    KEEP_ERRORS = 20
     _instance: Any = None
 
     @classmethod
-    def get(cls, trt: Any) -> Any:
-        if cls._instance is None:
+    def get(cls, trt: Any, min_severity: Optional[str] = None) -> Any:
+        severity = trt.ILogger.Severity
+        wanted = (min_severity or os.environ.get("TRTKLD_TRT_LOG") or "warning").upper()
+        if not hasattr(severity, wanted):
+            raise ModelError(
+                f"TensorRT log level {wanted.lower()!r}: choose verbose, info, warning or error"
+            )
+        if cls._instance is None or cls._instance.trt is not trt:
             levels = {
-                trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL,
-                trt.ILogger.Severity.ERROR: logging.ERROR,
-                trt.ILogger.Severity.WARNING: logging.WARNING,
-                trt.ILogger.Severity.INFO: logging.DEBUG,
-                trt.ILogger.Severity.VERBOSE: logging.DEBUG,
+                severity.INTERNAL_ERROR: logging.CRITICAL,
+                severity.ERROR: logging.ERROR,
+                severity.WARNING: logging.WARNING,
+                severity.INFO: logging.DEBUG,
+                severity.VERBOSE: logging.DEBUG,
             }
+            errors = {severity.INTERNAL_ERROR, severity.ERROR}
 
             class Forward(trt.ILogger):
                 def __init__(self) -> None:
                     trt.ILogger.__init__(self)
-                    self.messages: list[tuple[Any, str]] = []
+                    self.trt = trt
+                    self.errors: collections.deque = collections.deque(maxlen=cls.KEEP_ERRORS)
 
-                def log(self, severity: Any, msg: str) -> None:
-                    self.messages.append((severity, msg))
-                    log.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
+                def log(self, sev: Any, msg: str) -> None:
+                    if int(sev) > int(self.min_severity):  # VERBOSE > INFO > ... > ERROR
+                        return
+                    if sev in errors:
+                        self.errors.append(msg)
+                    log.log(levels.get(sev, logging.INFO), "TensorRT: %s", msg)
 
             cls._instance = Forward()
+        cls._instance.min_severity = getattr(severity, wanted)
         return cls._instance
 
 
-def _explicit_batch_flags(trt: Any) -> int:
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    # Deprecated (and implied) in TensorRT 10, required in 8.x.
-    return 0 if flag is None else 1 << int(flag)
+def network_creation_flags(trt: Any) -> int:
+    """``create_network`` flags: EXPLICIT_BATCH on TensorRT 8.x; 0 from 10.0 (explicit batch is
+    the only mode, and the flag is deprecated and ignored)."""
+    if _major(getattr(trt, "__version__", "0")) >= 10:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+
+
+def _major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
 
 
 def parse_onnx(onnx_path: str | os.PathLike) -> tuple[Any, Any, Any, Any]:
@@ -70,7 +99,7 @@ def parse_onnx(onnx_path: str | os.PathLike) -> tuple[Any, Any, Any, Any]:
         raise ModelError(f"ONNX model {path}: no such file")
     logger = _Logger.get(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(_explicit_batch_flags(trt))
+    network = builder.create_network(network_creation_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(path):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -118,33 +147,61 @@ def network_tensor_names(network: Any, *, float_only: bool = True) -> list[str]:
     return names
 
 
+def _profile_object(builder: Any, profile: profiles.Profile) -> Any:
+    obj = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        obj.set_shape(name, lo, opt, hi)
+    return obj
+
+
 def calibration_profile(
     builder: Any, network: Any, shapes: Mapping[str, Sequence[int]]
 ) -> Optional[Any]:
     """A profile when any input has a runtime dimension: opt = max = ``shapes`` (the
     calibration shape the calibrator's buffers hold), min = the same with a runtime batch
-    axis at 1, so the engine also runs smaller batches."""
+    axis at 1 (:func:`trtkld.trt.profiles.fixed_profile`); None for a static network."""
     inputs = network_input_shapes(network)
-    if all(d >= 0 for shape in inputs.values() for d in shape):
+    if not profiles.is_dynamic(inputs):
         return None
-    profile = builder.create_optimization_profile()
-    for name, net_shape in inputs.items():
-        if name not in shapes:
-            raise ModelError(
-                f"input {name!r} has runtime dimensions {list(net_shape)} but no calibration "
-                f"shape was given (known: {sorted(shapes)})"
-            )
-        shape = tuple(int(d) for d in shapes[name])
-        if len(shape) != len(net_shape) or any(
-            d >= 0 and d != s for d, s in zip(net_shape, shape)
-        ):
-            raise ModelError(
-                f"input {name!r}: calibration shape {list(shape)} does not fit the network "
-                f"shape {list(net_shape)}"
-            )
-        low = ((1,) + shape[1:]) if shape and net_shape[0] < 0 else shape
-        profile.set_shape(name, low, shape, shape)
-    return profile
+    return _profile_object(builder, profiles.fixed_profile(inputs, shapes))
+
+
+def configure_int8(
+    trt: Any,
+    builder: Any,
+    network: Any,
+    config: Any,
+    calibrator: Any,
+    *,
+    calibration_shapes: Mapping[str, Sequence[int]],
+    min_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+    opt_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+    max_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+) -> Optional[profiles.Profile]:
+    """INT8 with ``calibrator``; for a network with runtime dimensions, a build profile and a
+    separate calibration profile. Returns the build profile's shapes (None if static).
+
+    The calibration profile is :func:`calibration_profile` (what the calibrator's buffers
+    hold). The build profile, which decides the shapes the engine accepts, takes each input's
+    MIN/OPT/MAX from ``min_shapes`` / ``opt_shapes`` / ``max_shapes`` where given, else the
+    calibration profile's.
+    """
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    inputs = network_input_shapes(network)
+    given = any((min_shapes, opt_shapes, max_shapes))
+    if not profiles.is_dynamic(inputs):
+        if given:
+            log.warning("the network has no runtime dimension: shape options are ignored")
+        return None
+    calib = profiles.fixed_profile(inputs, calibration_shapes)
+    build = profiles.build_profile(
+        inputs, min_shapes=min_shapes or {}, opt_shapes=opt_shapes or {},
+        max_shapes=max_shapes or {}, default=calib,
+    )
+    config.add_optimization_profile(_profile_object(builder, build))
+    config.set_calibration_profile(_profile_object(builder, calib))
+    return build
 
 
 def build_int8_engine(
@@ -152,28 +209,32 @@ def build_int8_engine(
     calibrator: Any,
     *,
     calibration_shapes: Mapping[str, Sequence[int]],
+    min_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+    opt_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+    max_shapes: Optional[Mapping[str, Sequence[int]]] = None,
     fp16: bool = False,
     workspace_bytes: Optional[int] = None,
 ) -> tuple[Optional[bytes], list[str]]:
     """Build an INT8 engine with ``calibrator``; ``(serialized plan or None, tensor names)``.
 
-    ``tensor names`` are the network's float tensors (candidates for a scale). For networks
-    with runtime dimensions the same ``calibration_shapes`` serve as build profile and as the
-    calibration profile (OPT), which is what the calibrator's buffers are sized to.
+    ``tensor names`` are the network's float tensors (candidates for a scale). Our cache is
+    prepared BEFORE the build (``calibrator.prepare()``), so a ``tensorrt`` collector's own
+    TensorRT build never runs inside this one. Shapes: see :func:`configure_int8`.
     """
+    prepare = getattr(calibrator, "prepare", None)
+    if prepare is not None and getattr(calibrator, "method", None) != "tensorrt":
+        prepare()
     trt, builder, network, _parser = parse_onnx(onnx_path)
     names = network_tensor_names(network)
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.INT8)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    config.int8_calibrator = calibrator
-    profile = calibration_profile(builder, network, calibration_shapes)
-    if profile is not None:
-        config.add_optimization_profile(profile)
-        config.set_calibration_profile(profile)
+    configure_int8(
+        trt, builder, network, config, calibrator, calibration_shapes=calibration_shapes,
+        min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes,
+    )
     plan = builder.build_serialized_network(network, config)
     return (None if plan is None else bytes(plan)), names
 
@@ -215,7 +276,13 @@ class EngineSession:
             if name not in inputs:
                 raise ModelError(f"engine input {name!r} missing; given {sorted(inputs)}")
             arr = np.ascontiguousarray(inputs[name])
-            self.context.set_input_shape(name, arr.shape)
+            want = self.input_dtype(name)
+            if arr.dtype != want:
+                raise ModelError(
+                    f"engine input {name!r}: host array has dtype {arr.dtype}, the engine "
+                    f"expects {want}"
+                )
+            self._set_shape(name, arr.shape)
             ptr = self._buffer(name, arr.nbytes)
             self.backend.copy_htod(self._buffers[name][0], arr)
             self.context.set_tensor_address(name, ptr)
@@ -224,8 +291,21 @@ class EngineSession:
         self, ptrs: Mapping[str, int], shapes: Mapping[str, Sequence[int]]
     ) -> None:
         for name in self.input_names:
-            self.context.set_input_shape(name, tuple(int(d) for d in shapes[name]))
+            self._set_shape(name, shapes[name])
             self.context.set_tensor_address(name, int(ptrs[name]))
+
+    def input_dtype(self, name: str) -> np.dtype:
+        """numpy dtype of an engine input (what the host data must be)."""
+        return np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+
+    def _set_shape(self, name: str, shape: Sequence[int]) -> None:
+        shape = tuple(int(d) for d in shape)
+        if not self.context.set_input_shape(name, shape):
+            raise ModelError(
+                f"engine input {name!r}: TensorRT refused shape {list(shape)} (outside the "
+                f"engine's optimization profile, or a static dimension differs: engine shape "
+                f"{list(self.engine.get_tensor_shape(name))})"
+            )
 
     def output_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.context.get_tensor_shape(name))
@@ -301,12 +381,9 @@ class TensorRTEngineRunner:
         if hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)
         shapes = network_input_shapes(network)
-        if any(d < 0 for s in shapes.values() for d in s):
-            opt_profile = builder.create_optimization_profile()
-            for name in shapes:
-                lo, opt, hi = profile[name]
-                opt_profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
-            config.add_optimization_profile(opt_profile)
+        if profiles.is_dynamic(shapes):
+            checked = profiles.check_profile(shapes, profile)  # a clear error, not TensorRT's
+            config.add_optimization_profile(_profile_object(builder, checked))
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise ModelError(
@@ -322,6 +399,10 @@ class TensorRTEngineRunner:
             for n in ordered
             if n in engine_outputs and self._session.engine.get_tensor_dtype(n) == trt.float32
         ]
+
+    def input_dtype(self, name: str) -> np.dtype:
+        """numpy dtype the engine expects for input ``name``."""
+        return self._session.input_dtype(name)
 
     def run(
         self, ptrs: Mapping[str, int], shapes: Mapping[str, Sequence[int]]

@@ -27,7 +27,7 @@ from trtkld.errors import DataError, HistogramError
 from trtkld.histogram import HistogramSet, TensorHistogram
 from trtkld.histogram.stats import TensorStats
 from trtkld.histogram.tensor import inverse_width
-from trtkld.trt import kernels
+from trtkld.trt import kernels, profiles
 from trtkld.trt.device import DeviceBackend, InputBuffers
 
 log = logging.getLogger("trtkld.trt")
@@ -86,14 +86,17 @@ def _selected(names: Sequence[str], include, exclude) -> list[str]:
     return [n for n in out if not exclude or not matches(n, exclude)]
 
 
-def _profile_from_batch(batch_inputs: Mapping[str, np.ndarray]) -> Profile:
-    """min = batch 1, opt = max = the first batch's shape (batches are never larger)."""
-    prof = {}
-    for name, arr in batch_inputs.items():
-        shape = tuple(int(d) for d in arr.shape)
-        lo = (1,) + shape[1:] if shape else shape
-        prof[name] = (lo, shape, shape)
-    return prof
+def _collection_profile(onnx_path: str, batch_inputs: Mapping[str, np.ndarray]) -> Profile:
+    """OPT = MAX = the first batch's shapes (batches are never larger); only runtime dims of
+    the model's inputs vary, a runtime batch axis down to 1 (TensorRT's profile rules)."""
+    from trtkld.data import input_specs_from_onnx
+
+    network = {
+        spec.name: tuple(d if isinstance(d, int) and d >= 0 else -1 for d in spec.shape)
+        for spec in input_specs_from_onnx(onnx_path)
+    }
+    shapes = {name: tuple(int(d) for d in arr.shape) for name, arr in batch_inputs.items()}
+    return profiles.fixed_profile(network, shapes)
 
 
 def collect_histograms_tensorrt(
@@ -121,7 +124,7 @@ def collect_histograms_tensorrt(
     first = next(iter(data), None)
     if first is None:
         raise DataError("calibration data holds no batch")
-    profile = _profile_from_batch(first.inputs)
+    profile = _collection_profile(os.fspath(onnx_path), first.inputs)
     buffers = InputBuffers(backend)
     handles: list[Any] = []
     runner = runner_factory(os.fspath(onnx_path), profile, backend)
@@ -142,6 +145,13 @@ def collect_histograms_tensorrt(
                 raise DataError(
                     f"batch from {', '.join(batch.sources)} lacks network input(s) {missing}"
                 )
+            dtype_of = getattr(runner, "input_dtype", None)
+            for n in runner.input_names if dtype_of is not None else ():
+                if batch.inputs[n].dtype != dtype_of(n):
+                    raise DataError(
+                        f"input {n!r} from {', '.join(batch.sources[:3])}: dtype "
+                        f"{batch.inputs[n].dtype}, the TensorRT engine expects {dtype_of(n)}"
+                    )
             ptrs = {n: buffers.upload(n, batch.inputs[n]) for n in runner.input_names}
             shapes = {n: tuple(batch.inputs[n].shape) for n in runner.input_names}
             tensors = runner.run(ptrs, shapes)

@@ -153,12 +153,11 @@ def test_weight_computed_by_a_node_is_named_in_the_coverage_error(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_cli_qdq_with_another_models_cache_is_an_error_not_an_fp32_model(tmp_path, capsys):
-    from pathlib import Path
-
+def test_cli_qdq_with_another_models_cache_is_an_error_not_an_fp32_model(tmp_path, capsys,
+                                                                          trt_cache_dir):
     src = tmp_path / "m.onnx"
     onnx.save(constant_weight_model(), str(src))
-    cache = Path(__file__).parent / "fixtures" / "trt_caches" / "yolov5_trt8600_entropy2.cache"
+    cache = trt_cache_dir / "yolov5_trt8600_entropy2.cache"
     out = tmp_path / "m.int8.onnx"
     code = main(["qdq", str(src), "--cache", str(cache), "-o", str(out)])
     err = capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""The one way trtkld writes a calibration cache: the TensorRT cache, then its sidecar.
+
+``trtkld calibrate``, :class:`trtkld.calibration.Calibration` and the TensorRT calibrator all
+write through :func:`write_calibration_cache`, so a cache is always accompanied by the same
+record of what made it (``<cache>.trtkld.json``: method, search options, collector, trtkld
+version, the cache's sha256, and the method behind each tensor where it is not the cache's own).
+Each file is written atomically (``trtkld._io``); the sidecar is written after the cache and
+names its sha256, so a cache whose sidecar is stale is never reused.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from trtkld.cache import CalibrationCache, resolve_trt_version, sidecar, write_cache
+from trtkld.errors import CacheFormatError
+from trtkld.search import SearchResult
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+DEFAULT_ALGORITHM = "EntropyCalibration2"
+
+
+def results_cache(
+    results: Mapping[str, SearchResult],
+    *,
+    trt_version: Optional[str] = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> CalibrationCache:
+    """A TensorRT calibration cache holding each result's scale, in ``results`` order.
+
+    ``trt_version`` None: the installed TensorRT's, else the default with a warning
+    (:func:`trtkld.cache.resolve_trt_version`).
+    """
+    return CalibrationCache.from_trt_version(
+        resolve_trt_version(trt_version), algorithm,
+        {name: np.float32(r.scale) for name, r in results.items()},
+    )
+
+
+def tensor_methods(method: str, results: Mapping[str, SearchResult]) -> dict[str, str]:
+    """Tensor -> the method that actually chose its threshold, for tensors where that is not
+    ``method`` (``auto``'s winners, per-tensor overrides); results order."""
+    out = {}
+    for name, result in results.items():
+        used = result.chosen_method or result.method
+        if used != method:
+            out[name] = used
+    return out
+
+
+def write_calibration_cache(
+    path: PathLike,
+    results: Mapping[str, SearchResult],
+    *,
+    method: str,
+    options: Optional[Mapping[str, Any]] = None,
+    trt_version: Optional[str] = None,
+    algorithm: str = DEFAULT_ALGORITHM,
+    collector: str = "onnxruntime",
+    extra: Optional[Mapping[str, Any]] = None,
+) -> bytes:
+    """Write the cache of ``results`` to ``path`` and its sidecar; returns the cache bytes.
+
+    ``options``: the search options that made ``results`` as they should be recorded (what a
+    later reuse check compares against). ``extra``: more sidecar fields (e.g. how a measured
+    choice was made); they must not shadow the standard ones. Raises CacheFormatError naming
+    the file when either write fails; the previous files are then left as they were.
+    """
+    cache = results_cache(results, trt_version=trt_version, algorithm=algorithm)
+    written = cache.to_bytes()     # validated before anything is written
+    metadata = sidecar.make_metadata(
+        method=method, options=dict(options or {}), collector=collector, cache_bytes=written,
+    )
+    per_tensor = tensor_methods(method, results)
+    if per_tensor:
+        metadata["tensor_methods"] = per_tensor
+    for key, value in (extra or {}).items():
+        if key in metadata:
+            raise CacheFormatError(f"{os.fspath(path)}: sidecar field {key!r} is written by "
+                                   "trtkld itself and cannot be given as extra")
+        metadata[key] = value
+    write_cache(cache, path)
+    sidecar.write_metadata(path, metadata)
+    return written
