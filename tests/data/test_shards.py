@@ -112,3 +112,19 @@ def test_plan_shards_rejects_loaders_and_bad_counts(demo_model, six_images):
         plan_shards(loader, 2)
     with pytest.raises(DataError, match="positive integer"):
         plan_shards(_demo_data(demo_model, six_images), 0)
+
+
+def test_shards_name_their_files_by_absolute_paths(demo_model, six_images, monkeypatch,
+                                                   tmp_path):
+    # a worker's working directory is not the driver's: relative --data paths must not leak
+    monkeypatch.chdir(six_images.parent)
+    data = _demo_data(demo_model, six_images.name, batch_size=2)
+    assert not os.path.isabs(data.source.paths[0])
+    shards = plan_shards(data, 2)
+    monkeypatch.chdir(tmp_path)                      # elsewhere, the shards still read
+    for shard in shards:
+        assert all(os.path.isabs(p) for p in shard.paths)
+        assert list(shard.paths) == shard.data.source.paths
+        assert sum(b.size for b in shard.data) == shard.num_samples
+    assert [os.path.relpath(p, six_images.parent) for s in shards for p in s.paths] == \
+        data.source.paths

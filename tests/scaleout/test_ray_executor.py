@@ -326,3 +326,22 @@ def test_ctrl_c_stops_the_local_cluster_and_writes_nothing(ray_cluster, tmp_path
     while started & _ray_daemons() and time.time() < deadline:
         time.sleep(0.5)
     assert not started & _ray_daemons(), "the local cluster's daemons outlived the run"
+
+
+def test_only_the_executor_imports_ray_and_only_inside_functions():
+    import ast
+
+    package = REPO / "trtkld"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                found.append((path.relative_to(package).as_posix(), id(node) in top_level))
+    assert found == [("scaleout/ray_executor.py", False)]

@@ -188,11 +188,12 @@ class CalibrationData:
         assert self._plan is not None
         return self._plan
 
-    def select_files(self, start: int, stop: int) -> CalibrationData:
+    def select_files(self, start: int, stop: int, *, absolute: bool = False) -> CalibrationData:
         """The same data restricted to files ``[start, stop)`` of a file-backed source.
 
         Batching restarts at the first file, so cut where a batch starts (see
         :func:`batch_starts`) to get exactly the batches the whole data has there.
+        ``absolute``: the part names its files by absolute paths (to be read elsewhere).
         """
         if not isinstance(self.source, FileSource):
             raise DataError(
@@ -200,7 +201,7 @@ class CalibrationData:
                 "can be split by file"
             )
         part = copy.copy(self)
-        part.source = self.source.subset(start, stop)
+        part.source = self.source.subset(start, stop, absolute=absolute)
         part._plan = None
         part._warned = True   # the whole data already warned about padding or dropping
         part._set_plan(part.source.signatures())

@@ -19,7 +19,8 @@ from trtkld.errors import DataError
 class DataShard:
     """One contiguous part of the data: files ``[first_file, first_file + len(paths))``.
 
-    ``data`` reads only these files (lazily: pickling it sends paths and options, not pixels).
+    ``data`` reads only these files (lazily: pickling it sends paths and options, not pixels),
+    named by absolute paths so that a worker in another working directory finds them.
     ``num_batches`` counts the batches of the whole data that fall in this shard.
     """
 
@@ -88,11 +89,11 @@ def plan_shards(data: CalibrationData, num_shards: int) -> list[DataShard]:
     shards = []
     bounds = [f for f, _ in chosen] + [len(per_file)]
     for index, (f0, f1) in enumerate(zip(bounds, bounds[1:])):
-        part = data.select_files(f0, f1)
+        part = data.select_files(f0, f1, absolute=True)
         shards.append(DataShard(
             index=index,
             first_file=f0,
-            paths=tuple(source.paths[f0:f1]),
+            paths=tuple(part.source.paths),
             num_samples=sum(len(s) for s in per_file[f0:f1]),
             num_batches=len(part),
             data=part,

@@ -124,8 +124,9 @@ class FileSource(DataSource):
     def signatures(self) -> list[Signature]:
         return [sig for sigs in self.file_signatures() for sig in sigs]
 
-    def subset(self, start: int, stop: int) -> FileSource:
-        """The same source over ``paths[start:stop]`` (headers already read are reused)."""
+    def subset(self, start: int, stop: int, *, absolute: bool = False) -> FileSource:
+        """The same source over ``paths[start:stop]`` (headers already read are reused);
+        ``absolute``: with absolute paths, for readers in another working directory."""
         if not 0 <= start < stop <= len(self.paths):
             raise DataError(
                 f"{self.description}: file range [{start}, {stop}) is outside its "
@@ -133,6 +134,8 @@ class FileSource(DataSource):
             )
         part = copy.copy(self)
         part.paths = self.paths[start:stop]
+        if absolute:
+            part.paths = [os.path.abspath(p) for p in part.paths]
         if self._file_sigs is not None:
             part._file_sigs = self._file_sigs[start:stop]
         return part

@@ -220,8 +220,12 @@ def collect_histograms_ray(
         exclude=tuple(exclude) if exclude else None,
     )
     with RayCluster(address, num_cpus=num_cpus) as cluster:
-        plan = plan_shards(data, shards or cluster.num_worker_cpus())
+        wanted = shards or cluster.num_worker_cpus()
+        plan = plan_shards(data, wanted)
         logger.info("%d shard(s) of %s on Ray", len(plan), data.source.description)
+        if len(plan) < wanted:
+            logger.info("%d shard(s) asked for, but the files and batches of the data allow "
+                        "only %d contiguous cut(s)", wanted, len(plan) - 1)
         runner = ShardRunner(cluster.ray, plan, total_steps=len(plan) * (1 if hist_max else 2),
                              max_retries=max_retries, quiet=quiet)
         try:
