@@ -17,6 +17,7 @@ from trtkld.cli.args import (
     ModelArgs,
     QuietArgs,
     RefineArgs,
+    ScaleOutArgs,
     add_groups,
     model_and_data,
 )
@@ -38,6 +39,9 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
+  # the same cache, collected in 8 shards on a local Ray cluster (or --ray ray://head:10001)
+  trtkld calibrate model.onnx --data imgs/ --method ppq --ray local --shards 8 --out model.cache
+
   # keep the histograms, search them again later
   trtkld calibrate model.onnx --data imgs/ --save-histograms h.npz --out a.cache
   trtkld calibrate --from-histograms h.npz --method nvidia --out b.cache
@@ -56,6 +60,7 @@ DATA = DataArgs()
 METHODS = MethodArgs("ppq")
 CACHE = CacheArgs()
 GUARD = GuardArgs()
+SCALEOUT = ScaleOutArgs()
 REFINE = RefineArgs(
     "with --method auto: refine auto's per-tensor methods by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
@@ -135,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'full' every tensor (default: %(default)s)",
     )
     add_auto_arguments(parser)
-    add_groups(parser, GUARD, REFINE, KEEP_FLOAT, QuietArgs())
+    add_groups(parser, GUARD, REFINE, KEEP_FLOAT, SCALEOUT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -181,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
     trt_version = CACHE.trt_version(args)
+    executor = SCALEOUT.parse(args)
 
     histograms = None
     data = None
@@ -226,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         hist_max=hist_max,
         guard_limits=GUARD.limits_from(args),
         auto=_auto_options(args, methods, refine, histograms),
+        **executor,
         **search_options,
     )
     notes = []   # printed after every file is written
