@@ -424,12 +424,51 @@ class RefineArgs(ArgGroup):
         """The refinement options, None without ``--refine``; CLIError for bad values."""
         if not args.refine:
             return None
+        from trtkld.calibration.refine import RefineOptions
         from trtkld.errors import TrtkldError
-        from trtkld.evaluate.refine import RefineOptions
 
         try:
             return RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
         except (TrtkldError, ValueError) as exc:
+            raise CLIError(str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------- output-measured auto
+class AutoArgs(ArgGroup):
+    """``--metric``, ``--auto-folds``, ``--auto-heldout``, ``--auto-no-per-tensor`` ->
+    :class:`trtkld.calibration.auto.AutoOptions`."""
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(
+            "auto (output-measured)",
+            "--method auto writes the candidate rule (ppq, nvidia, modelopt, mse, max, "
+            "percentile 99.99/99.999, per-tensor histogram SQNR, ONNX Runtime's entropy and "
+            "percentile, or a per-tensor mix chosen at each consumer op's output) whose Q/DQ "
+            "model is most faithful to FP32 on calibration samples held out from the "
+            "histograms. The sidecar lists every candidate's held-out score.",
+        )
+        group.add_argument("--metric", choices=["sqnr", "top1", "cosine"],
+                           help="what auto maximises on held-out calibration samples (default: "
+                           "top1 for a classifier-shaped [N, C] first output, else sqnr; ties "
+                           "broken by output SQNR)")
+        group.add_argument("--auto-folds", type=int, default=2, metavar="K",
+                           help="held-out folds of the calibration batches (default: "
+                           "%(default)s)")
+        group.add_argument("--auto-heldout", type=int, default=16, metavar="N",
+                           help="calibration samples auto scores each candidate on (at most; "
+                           "default: %(default)s)")
+        group.add_argument("--auto-no-per-tensor", action="store_true",
+                           help="do not try the per-tensor (consumer-output) mix")
+
+    @staticmethod
+    def parse(args: argparse.Namespace):
+        from trtkld.calibration.auto import AutoOptions
+        from trtkld.errors import DataError
+
+        try:
+            return AutoOptions(folds=args.auto_folds, heldout=args.auto_heldout,
+                               metric=args.metric, per_tensor=not args.auto_no_per_tensor)
+        except DataError as exc:
             raise CLIError(str(exc)) from exc
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from trtkld.cli.args import (
+    AutoArgs,
     CacheArgs,
     DataArgs,
     GuardArgs,
@@ -35,6 +36,10 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
+  # the recommended configuration: the rule whose INT8 model is most faithful to FP32 on
+  # calibration images held out from the histograms (every candidate's score in the sidecar)
+  trtkld calibrate model.onnx --data calib_data/ --method auto --out model.cache
+
   # keep the histograms, search them again later (or merge runs from several machines)
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
   trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
@@ -47,6 +52,7 @@ DATA = DataArgs()
 METHODS = MethodArgs("ppq")
 CACHE = CacheArgs()
 GUARD = GuardArgs()
+AUTO = AutoArgs()
 REFINE = RefineArgs(
     "with --method auto: refine auto's per-tensor methods by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
@@ -123,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    add_groups(parser, GUARD, REFINE, QuietArgs())
+    add_groups(parser, GUARD, REFINE, AUTO, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -191,6 +197,14 @@ def run(args: argparse.Namespace) -> int:
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
     )
+    measured = None
+    if "auto" in methods and refine is None:
+        if data is None:
+            logger.warning("auto without a model run (--from-histograms): each tensor gets the "
+                           "rule with the best histogram SQNR; output fidelity is not measured")
+        else:
+            measured = _measured_auto(model, data, args, overrides, hist_max, search_options)
+            histograms = measured.histograms     # the very histograms calibrate would collect
     cal = calibrate(
         model,
         data,
@@ -205,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         guard_limits=GUARD.limits_from(args),
         **search_options,
     )
+    if measured is not None:
+        _use_measured_auto(cal, measured, args)
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
     if args.save_histograms:
@@ -238,10 +254,44 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
     return REFINE.parse(args)
 
 
+def _measured_auto(model, data, args, overrides, hist_max, search_options: dict):
+    """The output-measured auto (trtkld.calibration.auto) on the calibration data."""
+    import time
+
+    from trtkld.calibration.auto import output_measured_auto
+    from trtkld.search.registry import options_for_methods
+
+    if overrides:
+        raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
+    if hist_max is not None:
+        raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
+    started = time.perf_counter()
+    measured = output_measured_auto(model, data, options=AUTO.parse(args),
+                                    include=args.include, exclude=args.exclude,
+                                    method_options=options_for_methods(search_options),
+                                    quiet=args.quiet)
+    print(f"{measured.describe()} [{time.perf_counter() - started:.1f} s]")
+    return measured
+
+
+def _use_measured_auto(cal, measured, args) -> None:
+    """auto's thresholds become the measured choice; its options, guard findings and every
+    candidate's held-out score (timings left out: deterministic) go to the sidecar."""
+    from trtkld.pipeline import guard_results
+
+    findings = guard_results(cal.histograms, measured.results, **GUARD.limits_from(args))
+    record = measured.to_json()
+    record.pop("seconds", None)
+    cal.replace_results("auto", measured.results, findings=findings, record={"measured": {
+        "folds": measured.options.folds, "heldout": measured.options.heldout,
+        "metric": measured.metric, "per_tensor": measured.options.per_tensor}},
+        sidecar={"auto": record})
+
+
 def _refine_auto(cal, data, refine, search_options: dict, *, quiet: bool) -> None:
     """Replace auto's thresholds by its per-tensor methods refined on the model's output
-    (trtkld.evaluate.refine); the refinement settings are recorded in the sidecar."""
-    from trtkld.evaluate.refine import refine_auto
+    (trtkld.calibration.refine); the refinement settings are recorded in the sidecar."""
+    from trtkld.calibration.refine import refine_auto
     from trtkld.fidelity import materialize
     from trtkld.search.registry import options_for_methods
 

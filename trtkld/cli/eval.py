@@ -6,6 +6,7 @@ import os
 import sys
 
 from trtkld.cli.args import (
+    AutoArgs,
     DataArgs,
     GuardArgs,
     MethodArgs,
@@ -44,6 +45,7 @@ DATA = DataArgs()
 METHODS = MethodArgs(ALL_METHODS)
 STRICT = GuardArgs(limits=False,
                    strict_help="exit with status 1 when a trtkld method is DESTRUCTIVE")
+AUTO = AutoArgs()
 REFINE = RefineArgs(
     "add an 'auto+refine' row: auto's per-tensor methods refined by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting; never "
@@ -107,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trt-version", default=None,
                         help="TensorRT version for the cache scale rules (default: "
                         f"{DEFAULT_TRT_VERSION})")
+    AUTO.add_to(parser)
     QuietArgs().add_to(parser)
     parser.set_defaults(func=run)
 
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         calib_description=str(calib_source),
         eval_description=str(eval_source),
         refine=refine,
+        auto=AUTO.parse(args),
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))
