@@ -55,8 +55,6 @@ REFINE = RefineArgs(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from trtkld.cache import DEFAULT_TRT_VERSION
-
     parser = subparsers.add_parser(
         "eval",
         help="compare the INT8 (Q/DQ) fidelity of every method and ONNX Runtime's calibrators",
@@ -107,8 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     REFINE.add_to(parser)
     parser.add_argument("--trt-version", default=None,
-                        help="TensorRT version for the cache scale rules (default: "
-                        f"{DEFAULT_TRT_VERSION})")
+                        help="TensorRT version recorded in the report (eval writes no cache; "
+                        "the scales do not depend on it)")
     AUTO.add_to(parser)
     QuietArgs().add_to(parser)
     parser.set_defaults(func=run)
@@ -126,7 +124,6 @@ def _sources(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.cache import DEFAULT_TRT_VERSION
     from trtkld.evaluate import evaluate, format_table, write_json
     from trtkld.evaluate.peers import resolve_peers
 
@@ -143,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation = DATA.open(args, choice, eval_source)
     report = evaluate(
         model, calib, evaluation, methods, peers,
-        trt_version=args.trt_version or DEFAULT_TRT_VERSION,
+        trt_version=args.trt_version,
         op_types=op_types,
         per_channel=not args.per_tensor_weights,
         floor_db=args.floor_db,
