@@ -105,9 +105,12 @@ class Calibration:
         if source is None:
             raise DataError("to_qdq needs the FP32 ONNX model: this calibration started from "
                             "saved histograms; pass model=")
+        method = self._method(method)
+        # Tensors left out on purpose (calibrate --keep-float) stay float in the Q/DQ model too.
+        keep = self.sidecar_extra.get(method, {}).get("keep_float", ())
         return write_qdq_model(source, self.scales(method), path,
                                op_types=tuple(op_types or DEFAULT_OP_TYPES),
-                               per_channel=per_channel)
+                               per_channel=per_channel, keep_float=keep)
 
     def replace_results(self, method: str, results: Mapping[str, SearchResult], *,
                         record: Optional[Mapping[str, Any]] = None,

@@ -21,6 +21,7 @@ from trtkld.cli.args import (
     model_and_data,
 )
 from trtkld.cli.common import CLIError, QualityError
+from trtkld.cli.keepfloat import KeepFloatArgs
 from trtkld.cli.summary import format_guard, format_summary
 
 logger = logging.getLogger("trtkld.calibrate")
@@ -58,6 +59,7 @@ REFINE = RefineArgs(
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
     "trtkld qdq); the refined cache replaces auto's"
 )
+KEEP_FLOAT = KeepFloatArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -129,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    add_groups(parser, GUARD, REFINE, AUTO, QuietArgs())
+    add_groups(parser, GUARD, REFINE, AUTO, KEEP_FLOAT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.calibration import calibrate
     from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
+    from trtkld.qdq import DEFAULT_OP_TYPES
 
     methods = METHODS.parse(args)
     search_options = METHODS.search_options(args)
@@ -223,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         _use_measured_auto(cal, measured, args)
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
+    # Sensitive layers: after every search, so the ranking sees each method's final scales.
+    KEEP_FLOAT.apply(args, cal, data, DEFAULT_OP_TYPES)
     if args.save_histograms:
         cal.histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")

@@ -7,7 +7,8 @@
   must vouch for the method/options/collector and the very bytes. Extend it (subclass, or add a
   check to :meth:`CachePolicy.checks`) for further provenance rules.
 - :class:`CacheMaker`: makes the cache (histograms -> search -> cache + sidecar) through one
-  call, :func:`write_calibration`, so the calibrator shares the writer of ``trtkld calibrate``.
+  call, :func:`write_calibration`, i.e. ``trtkld.calibrate()`` and its one writer, shared with
+  ``trtkld calibrate``.
 """
 from __future__ import annotations
 
