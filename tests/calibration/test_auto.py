@@ -189,9 +189,13 @@ def test_hist_sqnr_rule_assembled_from_the_others_equals_search_auto(demo_few):
 
 
 def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few, tmp_path):
+    import trtkld
+
     model, data, folder = demo_few
     options = AutoOptions(folds=2, heldout=6)
-    out = output_measured_auto(model, data, options=options, quiet=True)
+    plain = ["ppq", "nvidia", "modelopt", "mse", "max", "percentile"]
+    cal = trtkld.calibrate(model, data, ["auto"] + plain, auto=options, quiet=True)
+    out = cal.auto
     labels = [r.label for r in candidate_rules()]
     assert list(out.scores)[:len(labels)] == labels and "per-tensor" in out.scores
     assert out.metric == "top1"        # the demo model's output is [N, 4] class scores
@@ -203,6 +207,11 @@ def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few,
     if out.chosen != "per-tensor":          # a single rule: every tensor follows it
         assert set(out.tensor_rules.values()) == {out.chosen}
     assert all(np.isfinite(r.scale) and r.scale > 0 for r in out.results.values())
+    # One collection: a chosen single rule gives exactly that method's cache.
+    same = {"percentile-99.99": "percentile"}.get(out.chosen, out.chosen)
+    if same in plain:
+        assert cal.scales("auto") == cal.scales(same)
+    assert set(cal.scales("auto")) == set(cal.scales("ppq"))
 
     # The CLI: same inputs -> same choice, byte-identical cache; the sidecar lists every score.
     caches = []
@@ -236,7 +245,7 @@ def test_one_batch_is_split_into_samples_and_one_sample_is_an_error(demo_few, tm
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(next(folder.iterdir()), lone)
-    with pytest.raises(DataError, match="2 held-out folds need at least 2 calibration samples"):
+    with pytest.raises(DataError, match="3 held-out folds need at least 3 calibration samples"):
         output_measured_auto(model, open_data(str(lone), specs, preprocess=pre), quiet=True)
 
 

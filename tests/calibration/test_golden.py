@@ -43,9 +43,12 @@ def _assert_golden(written: Path, golden_name: str) -> None:
 
 @pytest.fixture(scope="module")
 def api_calibration(demo_model, four_photos):
+    # auto=None: the per-tensor histogram-SQNR rule the pre-refactor CLI called auto (the
+    # output-measured auto, now the default, is tested in tests/calibration/test_auto.py).
     return trtkld.calibrate(
         demo_model, str(four_photos), METHODS, batch_size=2,
         preprocess=demo.preprocess_options(demo.DEMO_PREPROCESS), percentile=99.9, quiet=True,
+        auto=None,
     )
 
 
@@ -70,23 +73,13 @@ def test_api_with_tensor_methods_writes_the_golden_cache(demo_model, four_photos
 
 
 def test_cli_writes_the_golden_caches(four_photos, tmp_path, capsys):
-    # `--method auto` on a model run is the output-measured auto since issue 9 (its own
-    # golden-free tests: tests/calibration/test_auto.py); the histogram-SQNR auto of the golden
-    # file is what the CLI writes from saved histograms, checked with them below.
-    searched = [m for m in METHODS if m != "auto"]
-    hists = tmp_path / "demo.hist.npz"
     code = main(["calibrate", "--demo", "--data", str(four_photos), "--batch-size", "2",
-                 "--method", ",".join(searched), "--percentile", "99.9", "--trt-version",
+                 "--method", ",".join(METHODS), "--percentile", "99.9", "--trt-version",
                  "10.9.0", "--out", str(tmp_path / "demo.{method}.cache"), "--table", "none",
-                 "--save-histograms", str(hists), "-q"])
+                 "--auto-by", "histogram", "-q"])
     assert code == 0, capsys.readouterr().err
-    for method in searched:
+    for method in METHODS:
         _assert_golden(tmp_path / f"demo.{method}.cache", f"demo.{method}.cache")
-    code = main(["calibrate", "--from-histograms", str(hists), "--method", "auto",
-                 "--percentile", "99.9", "--trt-version", "10.9.0", "--out",
-                 str(tmp_path / "demo.auto.cache"), "--table", "none", "-q"])
-    assert code == 0, capsys.readouterr().err
-    _assert_golden(tmp_path / "demo.auto.cache", "demo.auto.cache")
     args = ["calibrate", "--demo", "--data", str(four_photos), "--batch-size", "2",
             "--method", "nvidia", "--trt-version", "8.6.1", "--algorithm", "MinMaxCalibration",
             "--out", str(tmp_path / "demo.override.cache"), "--table", "none", "-q"]

@@ -30,6 +30,7 @@ from trtkld.search import GuardFinding, SearchResult
 from trtkld.search.registry import check_methods, options_for_methods
 
 PathLike = Union[str, "os.PathLike[str]"]
+AUTO_DEFAULT: Any = object()   # marker: the output-measured auto with its default options
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Calibration:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     collector: str = "onnxruntime"
     sidecar_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    auto: Optional[Any] = None    # trtkld.calibration.auto.AutoOutcome of an output-measured auto
 
     @property
     def methods(self) -> list[str]:
@@ -173,6 +175,7 @@ def calibrate(
     guard_limits: Optional[Mapping[str, float]] = None,
     quiet: bool = False,
     collector: str = "onnxruntime",
+    auto: Optional[Any] = AUTO_DEFAULT,
     **search_options: Any,
 ) -> Calibration:
     """Collect |x| histograms of ``model`` over ``data`` once and search them with ``methods``.
@@ -189,6 +192,12 @@ def calibrate(
         guard_limits: ``max_clipped_fraction`` / ``max_sqnr_drop_db`` for the guard.
         collector: what collected the histograms, as the sidecar records it (``"tensorrt"``
             when ``histograms`` came from the GPU collector).
+        auto: how ``auto`` is chosen when it is asked for and the model runs on ``data``: a
+            :class:`trtkld.calibration.auto.AutoOptions` (default: its defaults) for the
+            output-measured auto (the rule whose Q/DQ model is most faithful to FP32 on
+            calibration samples held out from the histograms; its one collection serves every
+            other method too), or None for the per-tensor histogram-SQNR rule. From saved
+            ``histograms`` only the histogram rule is possible.
         search_options: method options from the registry, e.g. ``percentile=99.9``; each goes
             to every method that takes it.
     Raises:
@@ -206,6 +215,17 @@ def calibrate(
     if histograms is None:
         calib_data = open_calibration_data(model, data, batch_size=batch_size,
                                            preprocess=preprocess, last_batch=last_batch)
+    measured = None
+    if "auto" in methods and calib_data is not None and auto is not None:
+        from trtkld.calibration.auto import AutoOptions, output_measured_auto
+
+        if overrides or hist_max is not None:
+            raise SearchError("the output-measured auto chooses each tensor's rule on its own "
+                              "collection; drop tensor_methods / hist_max (or pass auto=None)")
+        measured = output_measured_auto(
+            model, calib_data, options=AutoOptions() if auto is AUTO_DEFAULT else auto,
+            include=include, exclude=exclude, method_options=method_options, quiet=quiet)
+        histograms = measured.histograms    # exactly the histograms the pipeline collects
     histograms, outcomes = pipeline.calibrate(
         model, calib_data, methods,
         include=include, exclude=exclude, method_overrides=overrides, quiet=quiet,
@@ -218,6 +238,21 @@ def calibrate(
         if overrides:
             options["tensor_method"] = dict(overrides)
         recorded[method] = options
-    return Calibration(model=None if model is None else os.fspath(model),
-                       histograms=histograms, outcomes=outcomes, options=recorded,
-                       collector=collector)
+    cal = Calibration(model=None if model is None else os.fspath(model),
+                      histograms=histograms, outcomes=outcomes, options=recorded,
+                      collector=collector)
+    if measured is not None:
+        from trtkld.pipeline import guard_results
+
+        record = measured.to_json()
+        record.pop("seconds", None)       # sidecars stay deterministic
+        cal.replace_results(
+            "auto", measured.results,
+            record={"measured": {"folds": measured.options.folds,
+                                 "heldout": measured.options.heldout,
+                                 "metric": measured.metric,
+                                 "per_tensor": measured.options.per_tensor}},
+            findings=guard_results(histograms, measured.results, **dict(guard_limits or {})),
+            sidecar={"auto": record})
+        cal.auto = measured
+    return cal

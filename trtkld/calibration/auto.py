@@ -24,8 +24,8 @@ output SQNR), else the worst output's SQNR (or mean cosine). The best candidate 
 the earlier candidate. A candidate is thus chosen only if it beats, held out, every rule it
 competes with, including ONNX Runtime's own rules reimplemented on the same histograms.
 
-Candidates (``candidate_rules``): the registry's auto candidates (ppq, nvidia, modelopt, mse,
-max, percentile 99.99 and 99.999), the per-tensor best-histogram-SQNR rule, ORT's entropy
+Candidates (``candidate_rules``): the registry's auto candidates (max, percentile 99.99 and
+99.999, ppq, nvidia, modelopt, mse), the per-tensor best-histogram-SQNR rule, ORT's entropy
 (signed 2048 bins, 128 quantized bins) and ORT's percentile (99.999); and ``per-tensor``:
 for each quantized tensor the rule whose threshold gives the smallest error at the output of
 the Conv/Gemm/MatMul reading it, with its real weights (:mod:`trtkld.calibration.local`),
@@ -52,6 +52,8 @@ from trtkld.fidelity import (
     METRICS,
     OutputAccumulator,
     ScaleFeedSession,
+    batch_limit,
+    chunk_samples,
     is_classifier_output,
     metric_value,
     ort_session,
@@ -93,22 +95,21 @@ class Rule:
 
 
 def candidate_rules(percentiles: Sequence[float] = (99.99, 99.999)) -> list[Rule]:
-    """The single rules ``auto`` compares, in tie-break order (earlier wins a tie)."""
-    from trtkld.search.auto import AUTO_ORDER
+    """The single rules ``auto`` compares, in tie-break order (earlier wins a tie): the
+    registry's auto candidates in their ``auto_rank`` order (a method taking ``percentile``
+    once per value of ``percentiles``), the per-tensor histogram-SQNR rule (registry method
+    ``auto``), then ONNX Runtime's entropy and percentile rules (:mod:`trtkld.search.ort_rules`,
+    which need histograms the registry's |x| searches do not take)."""
+    from trtkld.search.registry import auto_candidates
 
     rules: list[Rule] = []
-    for method in ("ppq", "nvidia", "modelopt", "mse", "percentile", "max"):
-        if method not in AUTO_ORDER:
-            continue
-        if method == "percentile":
+    for record in auto_candidates():
+        if "percentile" in record.option_names:
             for p in percentiles:
-                rules.append(Rule(f"percentile-{p:g}", "percentile", (("percentile", p),),
-                                  f"trtkld percentile {p:g}"))
+                rules.append(Rule(f"{record.name}-{p:g}", record.name, (("percentile", p),),
+                                  f"{record.doc} ({p:g})"))
         else:
-            rules.append(Rule(method, method, (), f"trtkld {method}"))
-    for method in AUTO_ORDER:        # methods the registry adds later compete too
-        if method not in {r.method for r in rules}:
-            rules.append(Rule(method, method, (), f"trtkld {method}"))
+            rules.append(Rule(record.name, record.name, (), record.doc))
     rules.append(Rule(HIST_AUTO, "auto", (), "per tensor, the best histogram SQNR of the above"))
     rules.append(Rule("ort-entropy", "ort-entropy", (),
                       "ONNX Runtime Entropy: signed 2048-bin histogram, 128 quantized bins"))
@@ -121,7 +122,9 @@ def candidate_rules(percentiles: Sequence[float] = (99.99, 99.999)) -> list[Rule
 class AutoOptions:
     """Settings of the output-measured auto (fixed before any evaluation data is seen).
 
-    folds: held-out folds of the calibration batches (>= 2).
+    folds: held-out folds of the calibration batches (>= 2). 3: a rule's fold thresholds
+        come from 2/3 of the data, close to what it does on all of it, at a search cost of
+        one search per fold (scoring costs the same for any number of folds).
     heldout: calibration samples scored (at most; spread evenly over the folds).
     metric: ``sqnr`` | ``top1`` | ``cosine``; None = top1 for a classifier-shaped first
         output, else sqnr.
@@ -129,7 +132,7 @@ class AutoOptions:
     probe_samples: training samples per fold whose activations the per-tensor choice uses.
     """
 
-    folds: int = 2
+    folds: int = 3
     heldout: int = 16
     metric: Optional[str] = None
     per_tensor: bool = True
@@ -437,20 +440,27 @@ def clamp_to_absmax(result: SearchResult, absmax: float) -> SearchResult:
 
 
 class HeldoutScorer:
-    """Held-out fidelity of per-fold scale sets, one Q/DQ session with scales fed per run."""
+    """Held-out fidelity of per-fold scale sets, one Q/DQ session with scales fed per run.
+
+    Samples of one shape run together (up to the model's batch size, or ``MAX_CHUNK`` when the
+    batch size is free); rows that only fill a fixed batch are dropped before comparing.
+    """
 
     def __init__(self, model: PathLike, tensors: Sequence[str],
                  template: Mapping[str, float], heldout: Sequence[Sequence[dict]], *,
                  op_types: Sequence[str], per_channel: bool):
+        from trtkld.data import input_specs_from_onnx
+
         self.session = ScaleFeedSession(model, {t: template[t] for t in tensors},
                                         op_types=op_types, per_channel=per_channel)
         self.tensors = list(self.session.tensors)
         fp32 = ort_session(model, quantized=False)
         self.output_names = self.session.output_names
-        self.heldout = [list(fold) for fold in heldout]
-        self.references = [[fp32.run(self.output_names, feeds) for feeds in fold]
-                           for fold in self.heldout]
-        self.samples = sum(len(f) for f in self.heldout)
+        size, fixed = batch_limit(input_specs_from_onnx(model))
+        self.chunks = [_shape_chunks(fold, size, fixed) for fold in heldout]
+        self.references = [[[y[:real] for y in fp32.run(self.output_names, feeds)]
+                            for feeds, real in fold] for fold in self.chunks]
+        self.samples = sum(len(f) for f in heldout)
         first = self.references[0][0] if self.references and self.references[0] else []
         self.classifier = bool(first) and is_classifier_output(tuple(first[0].shape))
         self._cache: dict[tuple, dict[str, Any]] = {}
@@ -459,26 +469,38 @@ class HeldoutScorer:
     def default_metric(self) -> str:
         return "top1" if self.classifier else "sqnr"
 
+    def key_of(self, fold_scales: Sequence[Mapping[str, float]]) -> tuple:
+        """What a scale set changes in the Q/DQ model (equal keys, equal scores)."""
+        return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
+                     for s in fold_scales)
+
     def outputs(self, fold_scales: Sequence[Mapping[str, float]]) -> dict[str, Any]:
         """Per-output records (sqnr_db, cosine, top1_agreement) over every held-out sample."""
-        key = tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
-                    for s in fold_scales)
+        key = self.key_of(fold_scales)
         if key in self._cache:
             return self._cache[key]
         accs = {o: OutputAccumulator(o) for o in self.output_names}
         for fold, scales in enumerate(fold_scales):
-            for feeds, ref in zip(self.heldout[fold], self.references[fold]):
+            for (feeds, real), ref in zip(self.chunks[fold], self.references[fold]):
                 got = self.session.run(feeds, scales)
                 self.runs += 1
                 for o, y, q in zip(self.output_names, ref, got):
-                    accs[o].update(y, q)
+                    accs[o].update(y, q[:real])
         records = output_records(accs)
         self._cache[key] = records
         return records
 
-    def key_of(self, fold_scales: Sequence[Mapping[str, float]]) -> tuple:
-        return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
-                     for s in fold_scales)
+
+def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool
+                  ) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Runs of same-shape samples (data order kept within a shape): (feeds, real rows)."""
+    groups: dict[tuple, list] = {}
+    for sample in samples:
+        groups.setdefault(tuple((k, v.shape) for k, v in sample.items()), []).append(sample)
+    out = []
+    for group in groups.values():
+        out.extend(chunk_samples(group, size, fixed))
+    return out
 
 
 def _score(label: str, records: Mapping[str, Any], metric: str) -> CandidateScore:
@@ -547,14 +569,14 @@ def output_measured_auto(
         fold_results.append({label: {t: clamp_to_absmax(r, train[t].absmax)
                                      for t, r in res.items()} for label, res in raw.items()})
     whole_signed = folded.whole_signed()
-    whole_q = apply_rules(rules, whole, whole_signed, tensors, method_options)
     seconds["search"] = time.perf_counter() - t0
 
     usable = [t for t in tensors
               if all(is_usable_scale(np.float32(fr[label][t].scale))
-                     for fr in fold_results + [whole_q] for label in fr)]
+                     for fr in fold_results for label in fr)]
     t0 = time.perf_counter()
-    scorer = HeldoutScorer(model, usable, {t: whole_q[rules[0].label][t].scale for t in usable},
+    scorer = HeldoutScorer(model, usable,
+                           {t: fold_results[0][rules[0].label][t].scale for t in usable},
                            folded.heldout, op_types=op_types, per_channel=per_channel)
     metric = options.metric or scorer.default_metric()
     scores: dict[str, CandidateScore] = {}
@@ -579,11 +601,14 @@ def output_measured_auto(
         probe = ConsumerProbe(prepared, scorer.tensors, op_types)
         fold_scales = []
         for f in range(k):
+            # probe_samples training activations, from the folds after f (cost: one consumer
+            # pass per candidate per sample, so it is capped, not k - 1 folds' worth).
             train_samples: dict[str, list[np.ndarray]] = {}
-            for g in range(k):
-                if g != f:
-                    for t, xs in folded.probes[g].items():
-                        train_samples.setdefault(t, []).extend(xs)
+            for g in [(f + i) % k for i in range(1, k)]:
+                for t, xs in folded.probes[g].items():
+                    room = options.probe_samples - len(train_samples.get(t, []))
+                    if room > 0:
+                        train_samples.setdefault(t, []).extend(xs[:room])
             cands = {label: {t: fold_results[f][label][t].scale for t in scorer.tensors}
                      for label in scores}
             pick = choose_per_tensor(probe, train_samples, cands, best_single.label)
@@ -595,6 +620,7 @@ def output_measured_auto(
             for g in range(k):
                 for t, xs in folded.probes[g].items():
                     all_samples.setdefault(t, []).extend(xs)
+            whole_q = apply_rules(rules, whole, whole_signed, scorer.tensors, method_options)
             cands = {label: {t: whole_q[label][t].scale for t in scorer.tensors}
                      for label in whole_q}
             pick = choose_per_tensor(probe, all_samples, cands, best_single.label)

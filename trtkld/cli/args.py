@@ -435,8 +435,9 @@ class RefineArgs(ArgGroup):
 
 # ----------------------------------------------------------------------------- output-measured auto
 class AutoArgs(ArgGroup):
-    """``--metric``, ``--auto-folds``, ``--auto-heldout``, ``--auto-no-per-tensor`` ->
-    :class:`trtkld.calibration.auto.AutoOptions`."""
+    """``--auto-by``, ``--metric``, ``--auto-folds``, ``--auto-heldout``,
+    ``--auto-no-per-tensor`` -> :class:`trtkld.calibration.auto.AutoOptions` (None with
+    ``--auto-by histogram``)."""
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(
@@ -447,11 +448,16 @@ class AutoArgs(ArgGroup):
             "model is most faithful to FP32 on calibration samples held out from the "
             "histograms. The sidecar lists every candidate's held-out score.",
         )
+        group.add_argument("--auto-by", choices=["output", "histogram"], default="output",
+                           help="output: measured output fidelity (above); histogram: each "
+                           "tensor gets the rule with the best histogram SQNR, no model output "
+                           "measured (the only choice from saved histograms) (default: "
+                           "%(default)s)")
         group.add_argument("--metric", choices=["sqnr", "top1", "cosine"],
                            help="what auto maximises on held-out calibration samples (default: "
                            "top1 for a classifier-shaped [N, C] first output, else sqnr; ties "
                            "broken by output SQNR)")
-        group.add_argument("--auto-folds", type=int, default=2, metavar="K",
+        group.add_argument("--auto-folds", type=int, default=3, metavar="K",
                            help="held-out folds of the calibration batches (default: "
                            "%(default)s)")
         group.add_argument("--auto-heldout", type=int, default=16, metavar="N",
@@ -465,6 +471,8 @@ class AutoArgs(ArgGroup):
         from trtkld.calibration.auto import AutoOptions
         from trtkld.errors import DataError
 
+        if args.auto_by == "histogram":
+            return None
         try:
             return AutoOptions(folds=args.auto_folds, heldout=args.auto_heldout,
                                metric=args.metric, per_tensor=not args.auto_no_per_tensor)

@@ -37,10 +37,6 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
-  # the recommended configuration: the rule whose INT8 model is most faithful to FP32 on
-  # calibration images held out from the histograms (every candidate's score in the sidecar)
-  trtkld calibrate model.onnx --data calib_data/ --method auto --out model.cache
-
   # keep the histograms, search them again later (or merge runs from several machines)
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
   trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
@@ -200,14 +196,6 @@ def run(args: argparse.Namespace) -> int:
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
     )
-    measured = None
-    if "auto" in methods and refine is None:
-        if data is None:
-            logger.warning("auto without a model run (--from-histograms): each tensor gets the "
-                           "rule with the best histogram SQNR; output fidelity is not measured")
-        else:
-            measured = _measured_auto(model, data, args, overrides, hist_max, search_options)
-            histograms = measured.histograms     # the very histograms calibrate would collect
     cal = calibrate(
         model,
         data,
@@ -220,10 +208,12 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=budget,
         hist_max=hist_max,
         guard_limits=GUARD.limits_from(args),
+        auto=_auto_options(args, methods, refine, histograms),
         **search_options,
     )
-    if measured is not None:
-        _use_measured_auto(cal, measured, args)
+    if cal.auto is not None:
+        seconds = cal.auto.seconds.get("total", 0.0)
+        print(f"{cal.auto.describe()} [{seconds:.1f} s]")
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
     # Sensitive layers: after every search, so the ranking sees each method's final scales.
@@ -246,6 +236,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auto_options(args: argparse.Namespace, methods: list[str], refine, histograms):
+    """The output-measured auto's options, or None where it cannot or should not run."""
+    if "auto" not in methods or refine is not None or args.auto_by == "histogram":
+        return None               # --refine starts from the per-tensor histogram rule
+    if histograms is not None:
+        logger.warning("auto from saved histograms: each tensor gets the rule with the best "
+                       "histogram SQNR; output fidelity is not measured (no model run)")
+        return None
+    if args.tensor_method:
+        raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
+    if args.ranges_from:
+        raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
+    return AUTO.parse(args)
+
+
 def _refine_options(args: argparse.Namespace, methods: list[str]):
     if not args.refine:
         return None
@@ -257,40 +262,6 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
     if args.tensor_method:
         raise CLIError("--refine chooses the method of each tensor itself; drop --tensor-method")
     return REFINE.parse(args)
-
-
-def _measured_auto(model, data, args, overrides, hist_max, search_options: dict):
-    """The output-measured auto (trtkld.calibration.auto) on the calibration data."""
-    import time
-
-    from trtkld.calibration.auto import output_measured_auto
-    from trtkld.search.registry import options_for_methods
-
-    if overrides:
-        raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
-    if hist_max is not None:
-        raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
-    started = time.perf_counter()
-    measured = output_measured_auto(model, data, options=AUTO.parse(args),
-                                    include=args.include, exclude=args.exclude,
-                                    method_options=options_for_methods(search_options),
-                                    quiet=args.quiet)
-    print(f"{measured.describe()} [{time.perf_counter() - started:.1f} s]")
-    return measured
-
-
-def _use_measured_auto(cal, measured, args) -> None:
-    """auto's thresholds become the measured choice; its options, guard findings and every
-    candidate's held-out score (timings left out: deterministic) go to the sidecar."""
-    from trtkld.pipeline import guard_results
-
-    findings = guard_results(cal.histograms, measured.results, **GUARD.limits_from(args))
-    record = measured.to_json()
-    record.pop("seconds", None)
-    cal.replace_results("auto", measured.results, findings=findings, record={"measured": {
-        "folds": measured.options.folds, "heldout": measured.options.heldout,
-        "metric": measured.metric, "per_tensor": measured.options.per_tensor}},
-        sidecar={"auto": record})
 
 
 def _refine_auto(cal, data, refine, search_options: dict, *, quiet: bool) -> None:
