@@ -331,6 +331,31 @@ class MethodArgs(ArgGroup):
         return options_for_methods(cls.search_options(args)) or None
 
 
+# ----------------------------------------------------------------------------- Q/DQ placement
+class QdqArgs(ArgGroup):
+    """``--op-types`` and ``--per-tensor-weights``: where Q/DQ goes and how weights are scaled."""
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        from trtkld.qdq import DEFAULT_OP_TYPES
+
+        parser.add_argument("--op-types", default=",".join(DEFAULT_OP_TYPES),
+                            help="op types whose inputs get Q/DQ (default: %(default)s)")
+        parser.add_argument("--per-tensor-weights", action="store_true",
+                            help="one scale per weight instead of per output channel")
+
+    @staticmethod
+    def op_types(args: argparse.Namespace) -> list[str]:
+        """``--op-types`` as a list; CLIError when it names none."""
+        op_types = split_list(args.op_types, none_word=True)
+        if not op_types:
+            raise CLIError("--op-types is empty")
+        return op_types
+
+    @staticmethod
+    def per_channel(args: argparse.Namespace) -> bool:
+        return not args.per_tensor_weights
+
+
 # ----------------------------------------------------------------------------- cache header
 class CacheArgs(ArgGroup):
     """``--trt-version`` and ``--algorithm``: what a TensorRT cache header says."""

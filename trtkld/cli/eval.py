@@ -11,6 +11,7 @@ from trtkld.cli.args import (
     GuardArgs,
     MethodArgs,
     ModelArgs,
+    QdqArgs,
     QuietArgs,
     RefineArgs,
     model_and_data,
@@ -47,6 +48,7 @@ METHODS = MethodArgs(ALL_METHODS)
 STRICT = GuardArgs(limits=False,
                    strict_help="exit with status 1 when a trtkld method is DESTRUCTIVE")
 AUTO = AutoArgs()
+QDQ = QdqArgs()
 REFINE = RefineArgs(
     "add an 'auto+refine' row: auto's per-tensor methods refined by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting; never "
@@ -84,13 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ONNX Runtime calibrators to compare against (comma-separated; 'none' for none; "
         "default: %(default)s)",
     )
-    parser.add_argument(
-        "--op-types",
-        default="Conv,ConvTranspose,Gemm,MatMul",
-        help="op types whose inputs get Q/DQ (default: %(default)s)",
-    )
-    parser.add_argument("--per-tensor-weights", action="store_true",
-                        help="one scale per weight instead of per output channel")
+    QDQ.add_to(parser)
     parser.add_argument("--floor-db", type=float, default=10.0,
                         help="output SQNR below this is DESTRUCTIVE (default: %(default)s)")
     parser.add_argument("--margin-db", type=float, default=10.0,
@@ -144,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
     methods = METHODS.parse(args)
     peers = split_list(args.peers, none_word=True)
     resolve_peers(peers)       # EvaluationError naming the unknown ones
-    op_types = split_list(args.op_types, none_word=True)
-    if not op_types:
-        raise CLIError("--op-types is empty")
+    op_types = QDQ.op_types(args)
     choice, calib_source, eval_source = _sources(args)
     model = choice.path
     refine = REFINE.parse(args)
@@ -156,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         model, calib, evaluation, methods, peers,
         trt_version=args.trt_version,
         op_types=op_types,
-        per_channel=not args.per_tensor_weights,
+        per_channel=QDQ.per_channel(args),
         floor_db=args.floor_db,
         margin_db=args.margin_db,
         method_options=METHODS.method_options(args),
