@@ -176,6 +176,9 @@ def calibrate(
     quiet: bool = False,
     collector: str = "onnxruntime",
     auto: Optional[Any] = AUTO_DEFAULT,
+    executor: str = "process",
+    shards: Optional[int] = None,
+    ray_address: Optional[str] = "local",
     **search_options: Any,
 ) -> Calibration:
     """Collect |x| histograms of ``model`` over ``data`` once and search them with ``methods``.
@@ -198,6 +201,11 @@ def calibrate(
             calibration samples held out from the histograms; its one collection serves every
             other method too), or None for the per-tensor histogram-SQNR rule. From saved
             ``histograms`` only the histogram rule is possible.
+        executor: ``"process"`` (here) or ``"ray"``: collect on a Ray cluster in ``shards``
+            contiguous shards of the data files (default: one per CPU of the cluster) -- the
+            same histograms and caches, byte for byte. ``ray_address``: ``"local"`` starts a
+            local cluster for the call; else a running cluster's address. Data and model must
+            be files reachable by every worker at the same path (``pip install 'trtkld[ray]'``).
         search_options: method options from the registry, e.g. ``percentile=99.9``; each goes
             to every method that takes it.
     Raises:
@@ -231,6 +239,7 @@ def calibrate(
         include=include, exclude=exclude, method_overrides=overrides, quiet=quiet,
         histograms=histograms, memory_budget_bytes=memory_budget_bytes,
         method_options=method_options, hist_max=hist_max, guard_limits=guard_limits,
+        executor=executor, shards=shards, ray_address=ray_address,
     )
     recorded = {}
     for method in methods:

@@ -17,6 +17,7 @@ from trtkld.cli.args import (
     ModelArgs,
     QuietArgs,
     RefineArgs,
+    ScaleOutArgs,
     add_groups,
     model_and_data,
 )
@@ -37,6 +38,9 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
+  # the same cache, collected in 8 shards on a local Ray cluster (or --ray ray://head:10001)
+  trtkld calibrate model.onnx --data imgs/ --method ppq --ray local --shards 8 --out model.cache
+
   # keep the histograms, search them again later (or merge runs from several machines)
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
   trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
@@ -50,6 +54,7 @@ METHODS = MethodArgs("ppq")
 CACHE = CacheArgs()
 GUARD = GuardArgs()
 AUTO = AutoArgs()
+SCALEOUT = ScaleOutArgs()
 REFINE = RefineArgs(
     "with --method auto: refine auto's per-tensor methods by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
@@ -127,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    add_groups(parser, GUARD, REFINE, AUTO, KEEP_FLOAT, QuietArgs())
+    add_groups(parser, GUARD, REFINE, AUTO, KEEP_FLOAT, SCALEOUT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -174,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
     trt_version = CACHE.trt_version(args)
+    executor = SCALEOUT.parse(args)
 
     histograms = None
     data = None
@@ -209,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         hist_max=hist_max,
         guard_limits=GUARD.limits_from(args),
         auto=_auto_options(args, methods, refine, histograms),
+        **executor,
         **search_options,
     )
     if cal.auto is not None:
