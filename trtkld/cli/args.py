@@ -8,8 +8,8 @@ default, its help, how it is checked, what it becomes) lives in exactly one plac
 Groups: :class:`ModelArgs` (MODEL / ``--demo`` / ``--model-preset``), :class:`DataArgs`
 (calibration data and image preprocessing), :class:`MethodArgs` (``--method`` and the
 registry's search options), :class:`CacheArgs` (``--trt-version`` / ``--algorithm``),
-:class:`GuardArgs` (guard limits and ``--strict``), :class:`RefineArgs` (``--refine*``) and
-:class:`QuietArgs` (``--quiet``).
+:class:`GuardArgs` (guard limits and ``--strict``), :class:`RefineArgs` (``--refine*``),
+:class:`ScaleOutArgs` (``--ray`` / ``--shards``) and :class:`QuietArgs` (``--quiet``).
 """
 from __future__ import annotations
 
@@ -424,13 +424,58 @@ class RefineArgs(ArgGroup):
         """The refinement options, None without ``--refine``; CLIError for bad values."""
         if not args.refine:
             return None
+        from trtkld.calibration.refine import RefineOptions
         from trtkld.errors import TrtkldError
-        from trtkld.evaluate.refine import RefineOptions
 
         try:
             return RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
         except (TrtkldError, ValueError) as exc:
             raise CLIError(str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------- scale-out
+class ScaleOutArgs(ArgGroup):
+    """``--ray local|ADDRESS`` and ``--shards N`` -> the executor options of calibrate()."""
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(
+            "scale-out (Ray)",
+            "Collect the histograms on a Ray cluster: the ordered file list is cut into "
+            "contiguous shards, each read by its own task; the cache is byte-identical to a "
+            "one-process run. Needs the 'ray' extra (pip install 'trtkld[ray]'); MODEL and the "
+            "--data files must be reachable by every worker at the same path.",
+        )
+        group.add_argument(
+            "--ray",
+            metavar="local|ADDRESS",
+            help="'local' starts a Ray cluster on this machine (stopped afterwards); an address "
+            "(e.g. ray://head:10001, head:6379, auto) uses a running cluster",
+        )
+        group.add_argument(
+            "--shards",
+            type=int,
+            metavar="N",
+            help="number of contiguous shards of the data (default: the cluster's CPUs)",
+        )
+
+    @staticmethod
+    def parse(args: argparse.Namespace) -> dict[str, Any]:
+        """``executor`` / ``shards`` / ``ray_address`` keywords; CLIError for contradictions."""
+        if args.shards is not None and not args.ray:
+            raise CLIError("--shards splits the data over a Ray cluster: add --ray local (or "
+                           "an address)")
+        if not args.ray:
+            return {"executor": "process"}
+        if args.shards is not None and args.shards < 1:
+            raise CLIError(f"--shards must be at least 1, found {args.shards}")
+        if getattr(args, "from_histograms", None):
+            raise CLIError("--ray collects histograms; with --from-histograms there is nothing "
+                           "to collect")
+        if getattr(args, "data_loader", None):
+            raise CLIError("--ray shards files: each worker opens its own part of the --data "
+                           "files; a --data-loader cannot be split (write its samples to .npz "
+                           "files)")
+        return {"executor": "ray", "shards": args.shards, "ray_address": args.ray}
 
 
 # ----------------------------------------------------------------------------- verbosity

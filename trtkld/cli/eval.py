@@ -15,6 +15,7 @@ from trtkld.cli.args import (
     model_and_data,
     split_list,
 )
+from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import CLIError, QualityError
 from trtkld.cli.keepfloat import SensitivityArgs
 from trtkld.search.registry import METHODS as REGISTERED
@@ -110,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trt-version", default=None,
                         help="TensorRT version for the cache scale rules (default: "
                         f"{DEFAULT_TRT_VERSION})")
+    add_auto_arguments(parser)
     QuietArgs().add_to(parser)
     parser.set_defaults(func=run)
 
@@ -167,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         calib_description=str(calib_source),
         eval_description=str(eval_source),
         refine=refine,
+        auto=auto_options_from_args(args),
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))
