@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from trtkld import pipeline
 from trtkld.cache import CalibrationCache
 from trtkld.calibration.cachefile import (
     DEFAULT_ALGORITHM,
@@ -25,7 +26,6 @@ from trtkld.data import CalibrationData, PreprocessOptions, input_specs_from_onn
 from trtkld.errors import DataError, SearchError
 from trtkld.histogram import HistogramSet
 from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, CalibrationOutcome
-from trtkld.pipeline import calibrate as run_pipeline
 from trtkld.search import GuardFinding, SearchResult
 from trtkld.search.registry import check_methods, options_for_methods
 
@@ -107,9 +107,12 @@ class Calibration:
         if source is None:
             raise DataError("to_qdq needs the FP32 ONNX model: this calibration started from "
                             "saved histograms; pass model=")
+        method = self._method(method)
+        # Tensors left out on purpose (calibrate --keep-float) stay float in the Q/DQ model too.
+        keep = self.sidecar_extra.get(method, {}).get("keep_float", ())
         return write_qdq_model(source, self.scales(method), path,
                                op_types=tuple(op_types or DEFAULT_OP_TYPES),
-                               per_channel=per_channel)
+                               per_channel=per_channel, keep_float=keep)
 
     def replace_results(self, method: str, results: Mapping[str, SearchResult], *,
                         record: Optional[Mapping[str, Any]] = None,
@@ -171,6 +174,7 @@ def calibrate(
     hist_max: Optional[Mapping[str, float]] = None,
     guard_limits: Optional[Mapping[str, float]] = None,
     quiet: bool = False,
+    collector: str = "onnxruntime",
     auto: Optional[Any] = AUTO_DEFAULT,
     **search_options: Any,
 ) -> Calibration:
@@ -186,6 +190,8 @@ def calibrate(
         memory_budget_bytes: pass-1 activations kept to skip the second model pass.
         hist_max: fixed per-tensor ranges instead of pass 1 (shards merge exactly).
         guard_limits: ``max_clipped_fraction`` / ``max_sqnr_drop_db`` for the guard.
+        collector: what collected the histograms, as the sidecar records it (``"tensorrt"``
+            when ``histograms`` came from the GPU collector).
         auto: how ``auto`` is chosen when it is asked for and the model runs on ``data``: a
             :class:`trtkld.calibration.auto.AutoOptions` (default: its defaults) for the
             output-measured auto (the rule whose Q/DQ model is most faithful to FP32 on
@@ -220,7 +226,7 @@ def calibrate(
             model, calib_data, options=AutoOptions() if auto is AUTO_DEFAULT else auto,
             include=include, exclude=exclude, method_options=method_options, quiet=quiet)
         histograms = measured.histograms    # exactly the histograms the pipeline collects
-    histograms, outcomes = run_pipeline(
+    histograms, outcomes = pipeline.calibrate(
         model, calib_data, methods,
         include=include, exclude=exclude, method_overrides=overrides, quiet=quiet,
         histograms=histograms, memory_budget_bytes=memory_budget_bytes,
@@ -233,7 +239,8 @@ def calibrate(
             options["tensor_method"] = dict(overrides)
         recorded[method] = options
     cal = Calibration(model=None if model is None else os.fspath(model),
-                      histograms=histograms, outcomes=outcomes, options=recorded)
+                      histograms=histograms, outcomes=outcomes, options=recorded,
+                      collector=collector)
     if measured is not None:
         from trtkld.pipeline import guard_results
 

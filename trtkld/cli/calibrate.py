@@ -21,6 +21,7 @@ from trtkld.cli.args import (
 )
 from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import CLIError, QualityError
+from trtkld.cli.keepfloat import KeepFloatArgs
 from trtkld.cli.summary import format_guard, format_summary
 
 logger = logging.getLogger("trtkld.calibrate")
@@ -53,6 +54,7 @@ REFINE = RefineArgs(
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
     "trtkld qdq); the refined cache replaces auto's"
 )
+KEEP_FLOAT = KeepFloatArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'full' every tensor (default: %(default)s)",
     )
     add_auto_arguments(parser)
-    add_groups(parser, GUARD, REFINE, QuietArgs())
+    add_groups(parser, GUARD, REFINE, KEEP_FLOAT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -165,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.calibration import calibrate
     from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
+    from trtkld.qdq import DEFAULT_OP_TYPES
 
     methods = METHODS.parse(args)
     search_options = METHODS.search_options(args)
@@ -213,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{cal.auto.describe()} [{seconds:.1f} s]")
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
+    # Sensitive layers: after every search, so the ranking sees each method's final scales.
+    KEEP_FLOAT.apply(args, cal, data, DEFAULT_OP_TYPES)
     if args.save_histograms:
         cal.histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
