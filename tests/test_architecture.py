@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"errors", "_io", "_version"},                       # foundation
     {"data", "histogram", "search", "cache", "qdq"},     # independent stages
     {"collect", "demo"},                                  # model runner; bundled models
-    {"fidelity"},                                         # Q/DQ model vs FP32 in ONNX Runtime
+    {"fidelity", "scaleout"},     # Q/DQ model vs FP32 in ONNX Runtime; collection sharded on Ray
     {"pipeline"},                                         # data -> collect -> histogram -> search
     {"calibration"},                                      # public API, the one cache writer
     {"trt", "evaluate", "report"},                        # consumers of the calibration API

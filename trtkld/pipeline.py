@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+EXECUTORS = ("process", "ray")   # where collect_histograms runs: here, or sharded on Ray
 DEFAULT_MEMORY_BUDGET = 0  # bytes of pass-1 activations kept to skip the second model pass
 DEFAULT_PREFETCH = False  # run batch k+1 while binning batch k (measured: README Benchmarks)
 
@@ -301,15 +302,33 @@ def calibrate(
     method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
     hist_max: Optional[Mapping[str, float]] = None,
     guard_limits: Optional[Mapping[str, float]] = None,
+    executor: str = "process",
+    shards: Optional[int] = None,
+    ray_address: Optional[str] = "local",
 ) -> tuple[HistogramSet, dict[str, CalibrationOutcome]]:
     """Collect histograms once (unless given) and search them with every method in ``methods``.
 
     Each outcome carries the guard's findings (:func:`guard_results` with ``guard_limits``)
     and, when ``trt_version`` is given, its TensorRT cache (otherwise ``cache`` is None: only
     writing a cache needs a TensorRT version).
+    ``executor="ray"`` collects on a Ray cluster (``ray_address``: ``"local"`` or a cluster's
+    address) in ``shards`` contiguous shards of the files (default: one per CPU); the
+    histograms, and so the caches, are byte-identical to ``executor="process"``.
     """
+    if executor not in EXECUTORS:
+        from trtkld.scaleout.errors import ScaleOutError
+
+        raise ScaleOutError(f"executor must be one of {EXECUTORS}, found {executor!r}")
     override_methods = list((method_overrides or {}).values())
     num_bins = bins_for_methods(list(methods) + override_methods)
+    if histograms is None and executor == "ray":
+        from trtkld.scaleout import collect_histograms_ray
+
+        histograms = collect_histograms_ray(
+            model, data, num_bins=num_bins, shards=shards, address=ray_address,
+            include=include, exclude=exclude, hist_max=hist_max, quiet=quiet,
+        )
+        _warn_nonfinite(histograms)
     if histograms is None:
         histograms = collect_histograms(
             model,

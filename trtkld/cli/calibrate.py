@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from trtkld.cli.args import (
+    AutoArgs,
     CacheArgs,
     DataArgs,
     GuardArgs,
@@ -16,10 +17,12 @@ from trtkld.cli.args import (
     ModelArgs,
     QuietArgs,
     RefineArgs,
+    ScaleOutArgs,
     add_groups,
     model_and_data,
 )
 from trtkld.cli.common import CLIError, QualityError
+from trtkld.cli.keepfloat import KeepFloatArgs
 from trtkld.cli.summary import format_guard, format_summary
 
 logger = logging.getLogger("trtkld.calibrate")
@@ -35,6 +38,9 @@ examples:
   # several methods from one histogram pass; {method} in --out names one cache per method
   trtkld calibrate model.onnx --data imgs/ --method ppq,nvidia,modelopt --out 'model.{method}.cache'
 
+  # the same cache, collected in 8 shards on a local Ray cluster (or --ray ray://head:10001)
+  trtkld calibrate model.onnx --data imgs/ --method ppq --ray local --shards 8 --out model.cache
+
   # keep the histograms, search them again later (or merge runs from several machines)
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
   trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
@@ -47,11 +53,14 @@ DATA = DataArgs()
 METHODS = MethodArgs("ppq")
 CACHE = CacheArgs()
 GUARD = GuardArgs()
+AUTO = AutoArgs()
+SCALEOUT = ScaleOutArgs()
 REFINE = RefineArgs(
     "with --method auto: refine auto's per-tensor methods by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
     "trtkld qdq); the refined cache replaces auto's"
 )
+KEEP_FLOAT = KeepFloatArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -123,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    add_groups(parser, GUARD, REFINE, QuietArgs())
+    add_groups(parser, GUARD, REFINE, AUTO, KEEP_FLOAT, SCALEOUT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -163,12 +172,14 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.calibration import calibrate
     from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
+    from trtkld.qdq import DEFAULT_OP_TYPES
 
     methods = METHODS.parse(args)
     search_options = METHODS.search_options(args)
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
     trt_version = CACHE.trt_version(args)
+    executor = SCALEOUT.parse(args)
 
     histograms = None
     data = None
@@ -203,10 +214,17 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=budget,
         hist_max=hist_max,
         guard_limits=GUARD.limits_from(args),
+        auto=_auto_options(args, methods, refine, histograms),
+        **executor,
         **search_options,
     )
+    if cal.auto is not None:
+        seconds = cal.auto.seconds.get("total", 0.0)
+        print(f"{cal.auto.describe()} [{seconds:.1f} s]")
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
+    # Sensitive layers: after every search, so the ranking sees each method's final scales.
+    KEEP_FLOAT.apply(args, cal, data, DEFAULT_OP_TYPES)
     if args.save_histograms:
         cal.histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
@@ -225,6 +243,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auto_options(args: argparse.Namespace, methods: list[str], refine, histograms):
+    """The output-measured auto's options, or None where it cannot or should not run."""
+    if "auto" not in methods or refine is not None or args.auto_by == "histogram":
+        return None               # --refine starts from the per-tensor histogram rule
+    if histograms is not None:
+        logger.warning("auto from saved histograms: each tensor gets the rule with the best "
+                       "histogram SQNR; output fidelity is not measured (no model run)")
+        return None
+    if args.tensor_method:
+        raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
+    if args.ranges_from:
+        raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
+    return AUTO.parse(args)
+
+
 def _refine_options(args: argparse.Namespace, methods: list[str]):
     if not args.refine:
         return None
@@ -240,8 +273,8 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
 
 def _refine_auto(cal, data, refine, search_options: dict, *, quiet: bool) -> None:
     """Replace auto's thresholds by its per-tensor methods refined on the model's output
-    (trtkld.evaluate.refine); the refinement settings are recorded in the sidecar."""
-    from trtkld.evaluate.refine import refine_auto
+    (trtkld.calibration.refine); the refinement settings are recorded in the sidecar."""
+    from trtkld.calibration.refine import refine_auto
     from trtkld.fidelity import materialize
     from trtkld.search.registry import options_for_methods
 

@@ -13,6 +13,7 @@ Batching (axis 0 of every input is the batch axis):
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from trtkld.data.loader import looks_like_loader_spec, resolve_loader
 from trtkld.data.preprocess import PreprocessOptions
 from trtkld.data.sources import (
     DataSource,
+    FileSource,
     ImageSource,
     LoaderSource,
     NpySource,
@@ -80,6 +82,19 @@ def _group(stream: Iterable, key: Callable, size: int) -> Iterator[list]:
             group = []
     if group:
         yield group
+
+
+def batch_starts(signatures: Sequence[Signature], batch_size: int) -> list[int]:
+    """Index of the first sample of every group the batching rule forms over ``signatures``.
+
+    Groups (batches before padding or dropping) start where the previous one is full or the
+    sample shape changes; data cut at these indices batches exactly as the whole does.
+    """
+    starts, index = [], 0
+    for group in _group(signatures, lambda s: s, batch_size):
+        starts.append(index)
+        index += len(group)
+    return starts
 
 
 def resolve_batch_size(specs: Sequence[InputSpec], batch_size: Optional[int]) -> tuple[int, bool]:
@@ -172,6 +187,25 @@ class CalibrationData:
                 pass
         assert self._plan is not None
         return self._plan
+
+    def select_files(self, start: int, stop: int, *, absolute: bool = False) -> CalibrationData:
+        """The same data restricted to files ``[start, stop)`` of a file-backed source.
+
+        Batching restarts at the first file, so cut where a batch starts (see
+        :func:`batch_starts`) to get exactly the batches the whole data has there.
+        ``absolute``: the part names its files by absolute paths (to be read elsewhere).
+        """
+        if not isinstance(self.source, FileSource):
+            raise DataError(
+                f"{self.source.description}: only file-backed data (image, .npy or .npz files) "
+                "can be split by file"
+            )
+        part = copy.copy(self)
+        part.source = self.source.subset(start, stop, absolute=absolute)
+        part._plan = None
+        part._warned = True   # the whole data already warned about padding or dropping
+        part._set_plan(part.source.signatures())
+        return part
 
     # -- public API -------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ hold exactly one kind of data (images, .npy, or .npz).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import zipfile
@@ -100,7 +101,47 @@ class DataSource:
         return False
 
 
-class ImageSource(DataSource):
+class FileSource(DataSource):
+    """Base class of the sources read from an ordered list of files (``paths``).
+
+    Subclasses give the signatures of each file's samples (:meth:`file_signatures`); the file
+    list can be cut into contiguous parts (:meth:`subset`) that are read independently, e.g. by
+    the workers of a cluster.
+    """
+
+    paths: list[str]
+    _file_sigs: Optional[list[list[Signature]]] = None
+
+    def _read_file_signatures(self, path: str) -> list[Signature]:
+        raise NotImplementedError
+
+    def file_signatures(self) -> list[list[Signature]]:
+        """Per file (in ``paths`` order): the signatures of the samples it holds."""
+        if self._file_sigs is None:
+            self._file_sigs = [self._read_file_signatures(path) for path in self.paths]
+        return self._file_sigs
+
+    def signatures(self) -> list[Signature]:
+        return [sig for sigs in self.file_signatures() for sig in sigs]
+
+    def subset(self, start: int, stop: int, *, absolute: bool = False) -> FileSource:
+        """The same source over ``paths[start:stop]`` (headers already read are reused);
+        ``absolute``: with absolute paths, for readers in another working directory."""
+        if not 0 <= start < stop <= len(self.paths):
+            raise DataError(
+                f"{self.description}: file range [{start}, {stop}) is outside its "
+                f"{len(self.paths)} file(s)"
+            )
+        part = copy.copy(self)
+        part.paths = self.paths[start:stop]
+        if absolute:
+            part.paths = [os.path.abspath(p) for p in part.paths]
+        if self._file_sigs is not None:
+            part._file_sigs = self._file_sigs[start:stop]
+        return part
+
+
+class ImageSource(FileSource):
     """Image files for a single image input, decoded lazily, one file per sample."""
 
     kind = "images"
@@ -111,17 +152,11 @@ class ImageSource(DataSource):
         self.spec = spec
         self.pipeline = pipeline
         self.description = description
-        self._signatures: Optional[list[Signature]] = None
 
-    def signatures(self) -> list[Signature]:
-        if self._signatures is None:
-            sigs = []
-            for path in self.paths:
-                width, height = image_size(path)
-                self.pipeline.check_size(width, height, path)
-                sigs.append((self.pipeline.sample_shape(width, height),))
-            self._signatures = sigs
-        return self._signatures
+    def _read_file_signatures(self, path: str) -> list[Signature]:
+        width, height = image_size(path)
+        self.pipeline.check_size(width, height, path)
+        return [(self.pipeline.sample_shape(width, height),)]
 
     def samples(self) -> Iterator[Sample]:
         for path in self.paths:
@@ -182,7 +217,7 @@ def _item_signatures(shapes: Mapping[str, tuple[int, ...]], specs: Sequence[Inpu
     return [tuple(per_input)] * (1 if count is None else count)
 
 
-class NpySource(DataSource):
+class NpySource(FileSource):
     """One .npy file per item, for single-input models; files are memory-mapped."""
 
     kind = "npy"
@@ -199,19 +234,12 @@ class NpySource(DataSource):
         self.specs = list(specs)
         self.description = description
         self.allow_nonfinite = allow_nonfinite
-        self._signatures: Optional[list[Signature]] = None
 
-    def signatures(self) -> list[Signature]:
-        if self._signatures is None:
-            sigs: list[Signature] = []
-            spec = self.specs[0]
-            for path in self.paths:
-                arr = _npy_header(path)
-                check_dtype(arr.dtype, spec, f"array file {path!r}")
-                sigs.extend(_item_signatures({spec.name: arr.shape}, self.specs,
-                                             f"array file {path!r}"))
-            self._signatures = sigs
-        return self._signatures
+    def _read_file_signatures(self, path: str) -> list[Signature]:
+        spec = self.specs[0]
+        arr = _npy_header(path)
+        check_dtype(arr.dtype, spec, f"array file {path!r}")
+        return _item_signatures({spec.name: arr.shape}, self.specs, f"array file {path!r}")
 
     def samples(self) -> Iterator[Sample]:
         name = self.specs[0].name
@@ -221,7 +249,7 @@ class NpySource(DataSource):
                                   allow_nonfinite=self.allow_nonfinite)
 
 
-class NpzSource(DataSource):
+class NpzSource(FileSource):
     """One .npz file per item, arrays keyed by input name (a lone ``arr_0`` is accepted for a
     single-input model, as written by ``np.savez(path, array)``)."""
 
@@ -233,27 +261,20 @@ class NpzSource(DataSource):
         self.specs = list(specs)
         self.description = description
         self.allow_nonfinite = allow_nonfinite
-        self._signatures: Optional[list[Signature]] = None
 
     def _rename(self, keys: Sequence[str]) -> dict[str, str]:
         if len(self.specs) == 1 and list(keys) == ["arr_0"]:
             return {"arr_0": self.specs[0].name}
         return {k: k for k in keys}
 
-    def signatures(self) -> list[Signature]:
-        if self._signatures is None:
-            sigs: list[Signature] = []
-            for path in self.paths:
-                members = _npz_members(path)
-                rename = self._rename(list(members))
-                shapes = {rename[k]: v[0] for k, v in members.items()}
-                check_names(list(shapes), self.specs, f"array file {path!r}")
-                for spec in self.specs:
-                    check_dtype(members[_key_for(rename, spec.name)][1], spec,
-                                f"array file {path!r}")
-                sigs.extend(_item_signatures(shapes, self.specs, f"array file {path!r}"))
-            self._signatures = sigs
-        return self._signatures
+    def _read_file_signatures(self, path: str) -> list[Signature]:
+        members = _npz_members(path)
+        rename = self._rename(list(members))
+        shapes = {rename[k]: v[0] for k, v in members.items()}
+        check_names(list(shapes), self.specs, f"array file {path!r}")
+        for spec in self.specs:
+            check_dtype(members[_key_for(rename, spec.name)][1], spec, f"array file {path!r}")
+        return _item_signatures(shapes, self.specs, f"array file {path!r}")
 
     def samples(self) -> Iterator[Sample]:
         for path in self.paths:
