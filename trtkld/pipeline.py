@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -21,13 +22,14 @@ from trtkld.cache import CalibrationCache
 from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import CalibrationData
 from trtkld.errors import HistogramError, SearchError
-from trtkld.histogram import AbsmaxTracker, HistogramSet
+from trtkld.histogram import AbsmaxTracker, HistogramSet, preload_kernels
 from trtkld.search import (
     DEFAULT_BINS,
     GuardFinding,
+    SearchRequest,
     SearchResult,
     guard_findings,
-    run_search,
+    run_searches,
 )
 from trtkld.search.registry import check_methods, get_method
 
@@ -37,6 +39,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 EXECUTORS = ("process", "ray")   # where collect_histograms runs: here, or sharded on Ray
 DEFAULT_MEMORY_BUDGET = 0  # bytes of pass-1 activations kept to skip the second model pass
+DEFAULT_PREFETCH = False  # run batch k+1 while binning batch k (measured: README Benchmarks)
 
 
 @dataclass
@@ -61,6 +64,7 @@ def _progress(batches, *, data: CalibrationData, desc: str, quiet: bool):
               leave=False) as bar:
         for batch, item in batches:
             yield batch, item
+            del item  # let the caller free a batch's activations before the next one runs
             # a padded last batch repeats samples; the bar counts real images only
             bar.update(min(_batch_size(batch), bar.total - bar.n))
 
@@ -100,6 +104,8 @@ def collect_histograms(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     hist_max: Optional[Mapping[str, float]] = None,
     collector: Optional[OnnxRuntimeCollector] = None,
+    timings: Optional[dict[str, float]] = None,
+    prefetch: bool = DEFAULT_PREFETCH,
 ) -> HistogramSet:
     """Two-pass |x| histograms of every float activation of ``model`` over ``data``.
 
@@ -109,7 +115,17 @@ def collect_histograms(
     ``hist_max`` fixes each tensor's range instead of pass 1 (one model pass only); values above
     it land in the last bin. It lets shards of a data set, collected on several machines with the
     same ranges, be merged exactly (:meth:`HistogramSet.merge`).
+
+    ``prefetch`` runs the model on batch k+1 while batch k is binned (see
+    :meth:`OnnxRuntimeCollector.runs`); the histograms are the same either way.
+
+    ``timings``, when given, receives the wall seconds of each pass (``"pass 1"``,
+    ``"pass 2"``), model runs and histogramming together, for benchmarks.
     """
+    clock = time.perf_counter
+    timings = {} if timings is None else timings
+    start = clock()
+    preload_kernels()  # numba loads while ONNX Runtime builds and runs the model
     collector = collector or OnnxRuntimeCollector(model, include=include, exclude=exclude)
     if hist_max is not None:
         missing = [n for n in collector.tensor_names if n not in hist_max]
@@ -122,16 +138,18 @@ def collect_histograms(
             {n: float(hist_max[n]) for n in collector.tensor_names}, num_bins
         )
         for _, activations in _progress(
-            ((b, collector.run(b)) for b in data), data=data, desc="histograms", quiet=quiet
+            collector.runs(data, prefetch=prefetch), data=data, desc="histograms", quiet=quiet
         ):
             hists.update_many(activations)
+            del activations
+        timings["pass 2"] = clock() - start
         _warn_nonfinite(hists)
         return hists
 
     tracker = AbsmaxTracker(collector.tensor_names)
     kept: Optional[list[tuple[object, dict[str, np.ndarray]]]] = []
     kept_bytes = 0
-    pass1 = ((b, collector.run(b)) for b in data)
+    pass1 = collector.runs(data, prefetch=prefetch)
     for batch, activations in _progress(pass1, data=data, desc="pass 1/2 (absmax)", quiet=quiet):
         tracker.update_many(activations)
         if kept is not None:
@@ -145,16 +163,21 @@ def collect_histograms(
                         "again for pass 2", memory_budget_bytes / 2**30,
                     )
                 kept = None
+        del activations  # binned: free it before the next batch's outputs are allocated
 
+    timings["pass 1"] = clock() - start
+    start = clock()
     # Tensors whose type was unknown until the first run may have been dropped as non-float.
     names = [n for n in collector.tensor_names if n in tracker]
     hists = HistogramSet.from_absmax({n: tracker[n] for n in names}, num_bins)
     if kept is not None:
         pass2 = iter(kept)
     else:
-        pass2 = ((b, collector.run(b)) for b in data)
+        pass2 = collector.runs(data, prefetch=prefetch)
     for _, activations in _progress(pass2, data=data, desc="pass 2/2 (histograms)", quiet=quiet):
         hists.update_many({n: activations[n] for n in names})
+        del activations
+    timings["pass 2"] = clock() - start
     _warn_nonfinite(hists)
     return hists
 
@@ -207,23 +230,16 @@ def search_histograms(
     default are rebinned exactly first.
     """
     overrides = _compile_overrides(method_overrides)
-    results: dict[str, SearchResult] = {}
+    requests = []
     for name, hist in hists.items():
         chosen = method_for_tensor(name, method, overrides)
         wanted = DEFAULT_BINS[chosen]
         if hist.num_bins > wanted and hist.num_bins % wanted == 0:
             hist = hist.rebin(wanted)
-        try:
-            results[name] = run_search(
-                chosen,
-                hist.counts,
-                bin_width=hist.bin_width,
-                hist_max=hist.hist_max,
-                **dict((method_options or {}).get(chosen, {})),
-            )
-        except SearchError as exc:
-            raise SearchError(f"tensor {name!r}: {exc}") from exc
-    return results
+        requests.append(SearchRequest(name, chosen, hist.counts, hist.bin_width, hist.hist_max,
+                                      dict((method_options or {}).get(chosen, {}))))
+    # identical histograms (a tensor and its copy) are searched once; the rest on 2 threads
+    return {r.name: result for r, result in zip(requests, run_searches(requests))}
 
 
 def guard_results(

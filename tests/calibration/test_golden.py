@@ -43,9 +43,12 @@ def _assert_golden(written: Path, golden_name: str) -> None:
 
 @pytest.fixture(scope="module")
 def api_calibration(demo_model, four_photos):
+    # auto=None: the per-tensor histogram-SQNR rule the pre-refactor CLI called auto (the
+    # output-measured auto, now the default, is tested in tests/calibration/test_auto.py).
     return trtkld.calibrate(
         demo_model, str(four_photos), METHODS, batch_size=2,
         preprocess=demo.preprocess_options(demo.DEMO_PREPROCESS), percentile=99.9, quiet=True,
+        auto=None,
     )
 
 
@@ -73,7 +76,7 @@ def test_cli_writes_the_golden_caches(four_photos, tmp_path, capsys):
     code = main(["calibrate", "--demo", "--data", str(four_photos), "--batch-size", "2",
                  "--method", ",".join(METHODS), "--percentile", "99.9", "--trt-version",
                  "10.9.0", "--out", str(tmp_path / "demo.{method}.cache"), "--table", "none",
-                 "-q"])
+                 "--auto-by", "histogram", "-q"])
     assert code == 0, capsys.readouterr().err
     for method in METHODS:
         _assert_golden(tmp_path / f"demo.{method}.cache", f"demo.{method}.cache")

@@ -279,3 +279,44 @@ def test_trtexec_accepts_our_cache(demo, tmp_path, backend):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "trtexec.plan").stat().st_size > 0
     assert cache.read_bytes() == before  # trtexec used it rather than recalibrating over it
+
+
+def test_build_profile_is_not_frozen_to_the_calibration_batch(backend, tmp_path):
+    """Issue 10 d: calibrate at batch 4, build for batches 1..16, run a batch of 8."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trtkld.data import input_specs_from_onnx, open_data
+    from trtkld.trt import engine
+    from trtkld.trt.calibrator import KLDCalibrator
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])
+    proto = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])],
+                                                "r", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model = str(tmp_path / "relu.onnx")
+    onnx.save(proto, model)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        np.save(folder / f"s{i}.npy", rng.standard_normal(16).astype(np.float32))
+    data = open_data(str(folder), input_specs_from_onnx(model), batch_size=4)
+    with KLDCalibrator(data, "ppq", tmp_path / "r.cache", model, device_backend=backend,
+                       quiet=True) as calib:
+        plan, _ = engine.build_int8_engine(
+            model, calib, calibration_shapes=calib.calibration_shapes(),
+            min_shapes={"x": (1, 16)}, opt_shapes={"x": (8, 16)}, max_shapes={"x": (16, 16)},
+        )
+        calib.check()
+    assert plan is not None
+    session = engine.EngineSession(plan, backend)
+    try:
+        big = rng.standard_normal((8, 16)).astype(np.float32)
+        out = session.run({"x": big})["y"]
+        assert out.shape == (8, 16)
+        np.testing.assert_allclose(out, np.maximum(big, 0), atol=0.1)
+    finally:
+        session.close()

@@ -59,19 +59,19 @@ def test_a_interrupt_while_making_our_cache_never_lets_tensorrt_calibrate(
     fake_trt, two, tmp_path, monkeypatch, exc
 ):
     """The trampoline swallows ANY exception and TensorRT would then calibrate by itself."""
-    import trtkld.pipeline
+    from trtkld.collect import OnnxRuntimeCollector
 
-    def interrupted(*a, **k):
-        raise exc("interrupted while searching")
+    def interrupted(self, batch):  # Ctrl-C while ONNX Runtime collects the activations
+        raise exc("interrupted while collecting")
 
-    monkeypatch.setattr(trtkld.pipeline, "calibrate", interrupted)
+    monkeypatch.setattr(OnnxRuntimeCollector, "run", interrupted)
     model, data = two
     calib = KLDCalibrator(data, "ppq", tmp_path / "m.cache", model,
                           device_backend=HostBufferBackend(), quiet=True)
     assert calib.read_calibration_cache() is None  # recorded, not raised into the trampoline
     assert calib.get_batch(["a", "b"]) is None  # TensorRT's own calibration gets no batch
     assert calib.batches_served == 0
-    with pytest.raises(exc, match="interrupted while searching"):
+    with pytest.raises(exc, match="interrupted while collecting"):
         calib.check()
     assert not (tmp_path / "m.cache").exists()
 
@@ -353,6 +353,9 @@ def test_d_build_cli_has_shape_options(capsys):
         "images": (1, 3, 224, 224), "onnx::in": (2, 5)}
     with pytest.raises(ModelError, match="NAME:DxDx"):
         parse_shapes("images=1x3", "--min-shapes")
+    assert main(["build", "model.onnx", "--min-shapes", "images=1x3"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-shapes: 'images=1x3' is not NAME:DxDx...D" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------ e

@@ -171,3 +171,28 @@ def test_tensorrt_cache_file_is_never_ours(tmp_path):
     assert tensorrt_cache_file(tmp_path / "m.cache", None) == tmp_path / "m.tensorrt.cache"
     with pytest.raises(TrtkldError, match="must never overwrite ours"):
         tensorrt_cache_file(tmp_path / "m.cache", tmp_path / "m.cache")
+
+
+# ------------------------------------------------------------------------------ API surface list
+def test_every_tensorrt_attribute_in_the_source_is_in_the_api_list():
+    """The real-bindings API-surface check covers what trtkld.trt reads from ``trt.`` directly."""
+    import re
+    from pathlib import Path
+
+    from trtkld.trt import _backend
+
+    listed = set(_backend.TENSORRT_API) | set(_backend.OPTIONAL_TENSORRT_API)
+    internal = {"calibrator", "engine", "device", "kernels", "gpu_collect", "profiles", "bases",
+                "feeder", "cache_policy"}
+    used = set()
+    for path in Path(_backend.__file__).parent.glob("*.py"):
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        for chain in re.findall(r"(?<![\w.])trt\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", code):
+            if chain.split(".")[0] in internal or chain.startswith("_"):
+                continue
+            used.add(chain)
+    assert used, "no trt.X use found: the scan is broken"
+    missing = sorted(c for c in used
+                     if not any(item == c or item.startswith(c + ".") or c.startswith(item + ".")
+                                for item in listed))
+    assert missing == [], f"add to _backend.TENSORRT_API: {missing}"

@@ -172,17 +172,17 @@ def test_error_in_get_batch_is_recorded_and_raised_by_check(driver, data, model,
 @needs_calibrators
 def test_keyboard_interrupt_while_making_our_cache(driver, data, model, tmp_path, monkeypatch):
     """Issue 10's finding: TensorRT must not calibrate by itself after an interrupt."""
-    import trtkld.pipeline
+    from trtkld.collect import OnnxRuntimeCollector
 
-    def interrupted(*a, **k):
-        raise KeyboardInterrupt("Ctrl-C in the ppq search")
+    def interrupted(self, batch):
+        raise KeyboardInterrupt("Ctrl-C while collecting for ppq")
 
-    monkeypatch.setattr(trtkld.pipeline, "calibrate", interrupted)
+    monkeypatch.setattr(OnnxRuntimeCollector, "run", interrupted)
     calib = _calib(data, model, tmp_path / "m.cache")
     assert driver.read_calibration_cache(calib) is None  # null: "no cache"
     assert driver.get_batch(calib, ["a", "b"]) is None  # TensorRT's own calibration refused
     assert calib.batches_served == 0
-    with pytest.raises(KeyboardInterrupt, match="Ctrl-C in the ppq search"):
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C while collecting for ppq"):
         calib.check()
 
 

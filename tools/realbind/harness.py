@@ -130,7 +130,9 @@ def install_bindings(version: str, root: Optional[Path] = None) -> Path:
     _run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
          "--disable-pip-version-check", "--target", str(tmp), requirement],
-        f"pip install --no-deps {requirement}",
+        f"pip install --no-deps {requirement} for Python "
+        f"{sys.version_info[0]}.{sys.version_info[1]} (NVIDIA published wheels for some "
+        f"Python versions only; 8.6.1 stops at 3.11)",
     )
     if not (tmp / "tensorrt_bindings" / "__init__.py").is_file():
         shutil.rmtree(tmp, ignore_errors=True)

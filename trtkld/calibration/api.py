@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from trtkld import pipeline
 from trtkld.cache import CalibrationCache
 from trtkld.calibration.cachefile import (
     DEFAULT_ALGORITHM,
@@ -25,11 +26,11 @@ from trtkld.data import CalibrationData, PreprocessOptions, input_specs_from_onn
 from trtkld.errors import DataError, SearchError
 from trtkld.histogram import HistogramSet
 from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, CalibrationOutcome
-from trtkld.pipeline import calibrate as run_pipeline
 from trtkld.search import GuardFinding, SearchResult
 from trtkld.search.registry import check_methods, options_for_methods
 
 PathLike = Union[str, "os.PathLike[str]"]
+AUTO_DEFAULT: Any = object()   # marker: the output-measured auto with its default options
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Calibration:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     collector: str = "onnxruntime"
     sidecar_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    auto: Optional[Any] = None    # trtkld.calibration.auto.AutoOutcome of an output-measured auto
 
     @property
     def methods(self) -> list[str]:
@@ -105,9 +107,12 @@ class Calibration:
         if source is None:
             raise DataError("to_qdq needs the FP32 ONNX model: this calibration started from "
                             "saved histograms; pass model=")
+        method = self._method(method)
+        # Tensors left out on purpose (calibrate --keep-float) stay float in the Q/DQ model too.
+        keep = self.sidecar_extra.get(method, {}).get("keep_float", ())
         return write_qdq_model(source, self.scales(method), path,
                                op_types=tuple(op_types or DEFAULT_OP_TYPES),
-                               per_channel=per_channel)
+                               per_channel=per_channel, keep_float=keep)
 
     def replace_results(self, method: str, results: Mapping[str, SearchResult], *,
                         record: Optional[Mapping[str, Any]] = None,
@@ -169,6 +174,8 @@ def calibrate(
     hist_max: Optional[Mapping[str, float]] = None,
     guard_limits: Optional[Mapping[str, float]] = None,
     quiet: bool = False,
+    collector: str = "onnxruntime",
+    auto: Optional[Any] = AUTO_DEFAULT,
     executor: str = "process",
     shards: Optional[int] = None,
     ray_address: Optional[str] = "local",
@@ -186,6 +193,14 @@ def calibrate(
         memory_budget_bytes: pass-1 activations kept to skip the second model pass.
         hist_max: fixed per-tensor ranges instead of pass 1 (shards merge exactly).
         guard_limits: ``max_clipped_fraction`` / ``max_sqnr_drop_db`` for the guard.
+        collector: what collected the histograms, as the sidecar records it (``"tensorrt"``
+            when ``histograms`` came from the GPU collector).
+        auto: how ``auto`` is chosen when it is asked for and the model runs on ``data``: a
+            :class:`trtkld.calibration.auto.AutoOptions` (default: its defaults) for the
+            output-measured auto (the rule whose Q/DQ model is most faithful to FP32 on
+            calibration samples held out from the histograms; its one collection serves every
+            other method too), or None for the per-tensor histogram-SQNR rule. From saved
+            ``histograms`` only the histogram rule is possible.
         executor: ``"process"`` (here) or ``"ray"``: collect on a Ray cluster in ``shards``
             contiguous shards of the data files (default: one per CPU of the cluster) -- the
             same histograms and caches, byte for byte. ``ray_address``: ``"local"`` starts a
@@ -208,7 +223,27 @@ def calibrate(
     if histograms is None:
         calib_data = open_calibration_data(model, data, batch_size=batch_size,
                                            preprocess=preprocess, last_batch=last_batch)
-    histograms, outcomes = run_pipeline(
+    measured = None
+    if "auto" in methods and calib_data is not None and auto is not None:
+        from trtkld.calibration.auto import AutoOptions, output_measured_auto
+
+        if executor == "ray":
+            from trtkld.scaleout.errors import ScaleOutError
+
+            raise ScaleOutError(
+                "executor='ray' shards the histogram collection, but the output-measured auto "
+                "runs the model on held-out folds in one process; pass auto=None (CLI: "
+                "--auto-by histogram) to choose auto's rules from the sharded histograms, or "
+                "calibrate auto without Ray")
+
+        if overrides or hist_max is not None:
+            raise SearchError("the output-measured auto chooses each tensor's rule on its own "
+                              "collection; drop tensor_methods / hist_max (or pass auto=None)")
+        measured = output_measured_auto(
+            model, calib_data, options=AutoOptions() if auto is AUTO_DEFAULT else auto,
+            include=include, exclude=exclude, method_options=method_options, quiet=quiet)
+        histograms = measured.histograms    # exactly the histograms the pipeline collects
+    histograms, outcomes = pipeline.calibrate(
         model, calib_data, methods,
         include=include, exclude=exclude, method_overrides=overrides, quiet=quiet,
         histograms=histograms, memory_budget_bytes=memory_budget_bytes,
@@ -221,5 +256,21 @@ def calibrate(
         if overrides:
             options["tensor_method"] = dict(overrides)
         recorded[method] = options
-    return Calibration(model=None if model is None else os.fspath(model),
-                       histograms=histograms, outcomes=outcomes, options=recorded)
+    cal = Calibration(model=None if model is None else os.fspath(model),
+                      histograms=histograms, outcomes=outcomes, options=recorded,
+                      collector=collector)
+    if measured is not None:
+        from trtkld.pipeline import guard_results
+
+        record = measured.to_json()
+        record.pop("seconds", None)       # sidecars stay deterministic
+        cal.replace_results(
+            "auto", measured.results,
+            record={"measured": {"folds": measured.options.folds,
+                                 "heldout": measured.options.heldout,
+                                 "metric": measured.metric,
+                                 "per_tensor": measured.options.per_tensor}},
+            findings=guard_results(histograms, measured.results, **dict(guard_limits or {})),
+            sidecar={"auto": record})
+        cal.auto = measured
+    return cal

@@ -424,8 +424,8 @@ class RefineArgs(ArgGroup):
         """The refinement options, None without ``--refine``; CLIError for bad values."""
         if not args.refine:
             return None
+        from trtkld.calibration.refine import RefineOptions
         from trtkld.errors import TrtkldError
-        from trtkld.evaluate.refine import RefineOptions
 
         try:
             return RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)

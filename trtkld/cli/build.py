@@ -128,12 +128,12 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.trt import engine as trt_engine
     from trtkld.trt.profiles import parse_shapes
 
-    trt = trt_layer.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
-    shape_options = {
+    shape_options = {  # bad input is reported first, with or without TensorRT
         f"{which}_shapes": parse_shapes(getattr(args, f"{which}_shapes"), f"--{which}-shapes")
         for which in ("min", "opt", "max")
         if getattr(args, f"{which}_shapes")
     }
+    trt = trt_layer.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
     (method,) = METHODS.parse(args)
     choice = MODEL.parse(args)
     model = choice.path

@@ -20,7 +20,9 @@ from trtkld.cli.args import (
     add_groups,
     model_and_data,
 )
+from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import CLIError, QualityError
+from trtkld.cli.keepfloat import KeepFloatArgs
 from trtkld.cli.summary import format_guard, format_summary
 
 logger = logging.getLogger("trtkld.calibrate")
@@ -57,6 +59,7 @@ REFINE = RefineArgs(
     "calibration samples held out from the histograms (2-fold cross-fitting, Q/DQ placement of "
     "trtkld qdq); the refined cache replaces auto's"
 )
+KEEP_FLOAT = KeepFloatArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -128,7 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    add_groups(parser, GUARD, REFINE, SCALEOUT, QuietArgs())
+    add_auto_arguments(parser)
+    add_groups(parser, GUARD, REFINE, KEEP_FLOAT, SCALEOUT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -168,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.calibration import calibrate
     from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
+    from trtkld.qdq import DEFAULT_OP_TYPES
 
     methods = METHODS.parse(args)
     search_options = METHODS.search_options(args)
@@ -209,11 +214,17 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=budget,
         hist_max=hist_max,
         guard_limits=GUARD.limits_from(args),
+        auto=_auto_options(args, methods, refine, histograms),
         **executor,
         **search_options,
     )
+    if cal.auto is not None:
+        seconds = cal.auto.seconds.get("total", 0.0)
+        print(f"{cal.auto.describe()} [{seconds:.1f} s]")
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
+    # Sensitive layers: after every search, so the ranking sees each method's final scales.
+    KEEP_FLOAT.apply(args, cal, data, DEFAULT_OP_TYPES)
     if args.save_histograms:
         cal.histograms.save(args.save_histograms)
         print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
@@ -232,6 +243,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auto_options(args: argparse.Namespace, methods: list[str], refine, histograms):
+    """The output-measured auto's options, or None where it cannot or should not run."""
+    if "auto" not in methods or refine is not None or args.auto_by == "histogram":
+        return None               # --refine starts from the per-tensor histogram rule
+    if histograms is not None:
+        logger.warning("auto from saved histograms: each tensor gets the rule with the best "
+                       "histogram SQNR; output fidelity is not measured (no model run)")
+        return None
+    if args.tensor_method:
+        raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
+    if args.ranges_from:
+        raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
+    return auto_options_from_args(args)
+
+
 def _refine_options(args: argparse.Namespace, methods: list[str]):
     if not args.refine:
         return None
@@ -247,8 +273,8 @@ def _refine_options(args: argparse.Namespace, methods: list[str]):
 
 def _refine_auto(cal, data, refine, search_options: dict, *, quiet: bool) -> None:
     """Replace auto's thresholds by its per-tensor methods refined on the model's output
-    (trtkld.evaluate.refine); the refinement settings are recorded in the sidecar."""
-    from trtkld.evaluate.refine import refine_auto
+    (trtkld.calibration.refine); the refinement settings are recorded in the sidecar."""
+    from trtkld.calibration.refine import refine_auto
     from trtkld.fidelity import materialize
     from trtkld.search.registry import options_for_methods
 

@@ -15,7 +15,9 @@ from trtkld.cli.args import (
     model_and_data,
     split_list,
 )
+from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import CLIError, QualityError
+from trtkld.cli.keepfloat import SensitivityArgs
 from trtkld.search.registry import METHODS as REGISTERED
 
 ALL_METHODS = ",".join(REGISTERED)   # every registered method
@@ -50,6 +52,7 @@ REFINE = RefineArgs(
     "--eval-data); its cost and gain are reported",
     tensors_help="tensors refined, those whose methods disagree most; 0 = all",
 )
+SENSITIVITY = SensitivityArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,9 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="memory for ORT calibrators' kept outputs per call "
                         "(default: %(default)s)")
     REFINE.add_to(parser)
+    SENSITIVITY.add_to(parser)
     parser.add_argument("--trt-version", default=None,
                         help="TensorRT version for the cache scale rules (default: "
                         f"{DEFAULT_TRT_VERSION})")
+    add_auto_arguments(parser)
     QuietArgs().add_to(parser)
     parser.set_defaults(func=run)
 
@@ -120,6 +125,17 @@ def _sources(args: argparse.Namespace):
     if os.path.abspath(str(calib)) == os.path.abspath(str(evaluation)):
         raise CLIError(f"--eval-data {evaluation!r} is the calibration data; use held-out data")
     return choice, calib, evaluation
+
+
+def _add_to_json(path: str, key: str, value) -> None:
+    import json
+
+    from trtkld._io import atomic_write
+
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    doc[key] = value
+    atomic_write(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,11 +169,17 @@ def run(args: argparse.Namespace) -> int:
         calib_description=str(calib_source),
         eval_description=str(eval_source),
         refine=refine,
+        auto=auto_options_from_args(args),
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))
+    sensitivity = SENSITIVITY.run(args, model, evaluation, report, op_types, methods + peers)
+    if sensitivity is not None:
+        print(sensitivity.format(top=max(10, args.sensitivity_top)))
     if args.json:
         write_json(report, args.json)
+        if sensitivity is not None:
+            _add_to_json(args.json, "sensitivity", sensitivity.to_json())
         print(f"json: {args.json}")
     bad = report.destructive_trtkld_methods()
     if bad and args.strict:

@@ -7,6 +7,7 @@ import re
 
 from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs, add_groups, split_list
 from trtkld.cli.common import CLIError
+from trtkld.cli.keepfloat import KeepFloatNamesArgs
 
 EXAMPLES = """\
 examples:
@@ -25,6 +26,7 @@ MODEL = ModelArgs(model_help="FP32 ONNX model (omit with --demo)",
                   demo_help="the demo model on calib_data/")
 DATA = DataArgs()
 METHODS = MethodArgs("ppq", single=True)
+KEEP_FLOAT = KeepFloatNamesArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="op types whose inputs get Q/DQ (default: %(default)s)")
     parser.add_argument("--per-tensor-weights", action="store_true",
                         help="one scale per weight instead of per output channel")
-    QuietArgs().add_to(parser)
+    add_groups(parser, KEEP_FLOAT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -97,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if not op_types:
         raise CLIError("--op-types is empty")
     scales = _scales(args, choice, op_types)
+    keep = KEEP_FLOAT.parse(args, choice.path, op_types, cache=args.cache)
     out = args.out or ("demo.int8.onnx" if args.demo
                        else f"{os.path.splitext(choice.path)[0]}.int8.onnx")
     summary = write_qdq_model(choice.path, scales, out, op_types=op_types,
-                              per_channel=not args.per_tensor_weights)
+                              per_channel=not args.per_tensor_weights, keep_float=keep)
     print(summary.describe())
     return 0

@@ -49,7 +49,8 @@ class Candidate:
     scales: dict[str, np.float32]
     description: str = ""
     guard_notes: dict[str, list[str]] = field(default_factory=dict)  # tensor -> guard findings
-    refinement: Optional[Any] = None       # trtkld.evaluate.refine.RefineOutcome (auto+refine)
+    refinement: Optional[Any] = None       # trtkld.calibration.refine.RefineOutcome (auto+refine)
+    auto: Optional[Any] = None             # trtkld.calibration.auto.AutoOutcome (measured auto)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class MethodEval:
     destructive_reason: Optional[str] = None
     explanation: Optional[str] = None
     refinement: Optional[Any] = None       # RefineOutcome of the auto+refine row, else None
+    auto: Optional[Any] = None             # AutoOutcome of the output-measured auto row
 
     @property
     def destructive(self) -> bool:
@@ -134,6 +136,7 @@ class _Feeds:
 
 
 REFINED_NAME = "auto+refine"
+AUTO_DEFAULT = object()  # marker: the output-measured auto with its default options
 
 
 def _guard_notes(hists, results: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -160,11 +163,16 @@ def trtkld_candidates(
     quiet: bool = False,
     refine: Optional[Any] = None,
     per_channel: bool = True,
+    auto: Optional[Any] = AUTO_DEFAULT,
 ) -> list[Candidate]:
     """Collect histograms once (only of the tensors the Q/DQ model quantizes) and search them
     with every method; guard findings (trtkld.search) are kept to explain collapses.
 
-    ``refine`` (a :class:`trtkld.evaluate.refine.RefineOptions`) adds the ``auto+refine``
+    ``auto`` (a :class:`trtkld.calibration.auto.AutoOptions`; the default options unless given;
+    None = the per-tensor histogram-SQNR rule): the ``auto`` row is the output-measured auto,
+    chosen on calibration samples held out from its histograms; its one collection serves
+    every other method too (the whole-set histograms are the same).
+    ``refine`` (a :class:`trtkld.calibration.refine.RefineOptions`) adds the ``auto+refine``
     candidate: auto refined on held-out calibration samples (never evaluation data).
     """
     from trtkld.pipeline import bins_for_methods, calibrate, collect_histograms
@@ -176,8 +184,18 @@ def trtkld_candidates(
         raise ModelError(f"model {model}: no input of {', '.join(op_types)} to calibrate")
     # The refinement needs auto's (ppq's) resolution; the others rebin it exactly.
     needed = list(methods) + (["auto"] if refine is not None else [])
-    hists = collect_histograms(model, calib_data, num_bins=bins_for_methods(needed),
-                               include=include, quiet=quiet)
+    measured = None
+    if "auto" in methods and auto is not None:
+        from trtkld.calibration.auto import AutoOptions, output_measured_auto
+
+        measured = output_measured_auto(
+            model, calib_data, options=AutoOptions() if auto is AUTO_DEFAULT else auto,
+            op_types=op_types, per_channel=per_channel, include=include,
+            method_options=method_options, quiet=quiet)
+        hists = measured.histograms      # AUTO_BINS: the finest any method needs
+    else:
+        hists = collect_histograms(model, calib_data, num_bins=bins_for_methods(needed),
+                                   include=include, quiet=quiet)
     outcomes = {}
     if methods:
         hists, outcomes = calibrate(
@@ -186,6 +204,16 @@ def trtkld_candidates(
         )
     out = []
     for method, outcome in outcomes.items():
+        if method == "auto" and measured is not None:
+            out.append(Candidate(
+                name=method,
+                kind="trtkld",
+                scales={n: np.float32(r.scale) for n, r in measured.results.items()},
+                description=f"trtkld auto, output-measured: {measured.chosen}",
+                guard_notes=_guard_notes(hists, measured.results),
+                auto=measured,
+            ))
+            continue
         out.append(Candidate(
             name=method,
             kind="trtkld",
@@ -194,7 +222,7 @@ def trtkld_candidates(
             guard_notes=_guard_notes(hists, outcome.results),
         ))
     if refine is not None:
-        from trtkld.evaluate.refine import refine_auto
+        from trtkld.calibration.refine import refine_auto
         from trtkld.fidelity import materialize
 
         refined = refine_auto(model, materialize(calib_data), hists, op_types=op_types,
@@ -282,6 +310,7 @@ def _method_eval(cand: Candidate, fidelity: Fidelity) -> MethodEval:
         quantized_tensors=fidelity.quantized_tensors,
         left_float=fidelity.left_float,
         refinement=cand.refinement,
+        auto=cand.auto,
     )
 
 
@@ -337,14 +366,15 @@ def evaluate(
     calib_description: str = "",
     eval_description: str = "",
     refine: Optional[Any] = None,
+    auto: Optional[Any] = AUTO_DEFAULT,
 ) -> EvalReport:
     """Calibrate with every method and peer, and measure each INT8 model against FP32.
 
-    ``refine``: :class:`trtkld.evaluate.refine.RefineOptions` to add the ``auto+refine`` row.
+    ``refine``: :class:`trtkld.calibration.refine.RefineOptions` to add the ``auto+refine`` row.
     """
     candidates = trtkld_candidates(model, calib_data, methods, trt_version=trt_version,
                                    op_types=op_types, method_options=method_options, quiet=quiet,
-                                   refine=refine, per_channel=per_channel)
+                                   refine=refine, per_channel=per_channel, auto=auto)
     candidates += peer_candidates(model, calib_data, peers, op_types=op_types,
                                   memory_budget=peer_memory_budget, quiet=quiet)
     results, samples = evaluate_candidates(

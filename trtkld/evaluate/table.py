@@ -52,6 +52,7 @@ def method_to_json(m: MethodEval) -> dict[str, Any]:
         "per_tensor_clipped_fraction": {t: _num(v) for t, v in m.tensor_clipped.items()},
         "scales": dict(m.scales),
         **({"refinement": m.refinement.to_json()} if m.refinement is not None else {}),
+        **({"auto": m.auto.to_json()} if m.auto is not None else {}),
     }
 
 
@@ -138,6 +139,11 @@ def format_table(report: EvalReport, *, color: bool = False, top_tensors: int = 
         worst = sorted(finite, key=lambda t: (finite[t], t))[:top_tensors]
         items = ", ".join(f"{t} {_fmt(finite[t], '.1f')}" for t in worst)
         out.append(f"  {m.name}: {items or '-'}")
+    measured = [m for m in report.methods if m.auto is not None]
+    if measured:
+        out.append("")
+        for m in measured:
+            out.append(f"{m.name}: {m.auto.describe()}")
     refined = [m for m in report.methods if m.refinement is not None]
     if refined:
         out.append("")

@@ -6,6 +6,7 @@ candidates with it, and ``trtkld eval`` (trtkld.evaluate) reports with it.
 - :func:`measure_qdq_models`: one Q/DQ model per scale set, each measured against FP32.
 - :class:`ScaleFeedSession`: one Q/DQ model whose activation scales are given per run.
 - metrics: output SQNR, cosine similarity, top-1 agreement, fake-quantization of activations.
+- :func:`sensitivity_analysis`: per-tensor output damage and cumulative keep-float gains.
 """
 from __future__ import annotations
 
@@ -35,15 +36,26 @@ from trtkld.fidelity.samples import (
     samples_as_batches,
 )
 from trtkld.fidelity.scalefeed import ScaleFeedSession, lift_scale_inputs
+from trtkld.fidelity.sensitivity import (
+    GatedQdqSession,
+    KeepFloatStep,
+    SensitivityReport,
+    TensorSensitivity,
+    sensitivity_analysis,
+)
 from trtkld.fidelity.session import QDQ_DISABLED_OPTIMIZERS, ort_session, real_rows
 
 __all__ = [
     "METRICS",
     "QDQ_DISABLED_OPTIMIZERS",
     "Fidelity",
+    "GatedQdqSession",
+    "KeepFloatStep",
     "OutputAccumulator",
     "ScaleFeedSession",
+    "SensitivityReport",
     "TensorAccumulator",
+    "TensorSensitivity",
     "batch_limit",
     "chunk_samples",
     "fake_quantize",
@@ -59,6 +71,7 @@ __all__ = [
     "real_rows",
     "safe_file_name",
     "samples_as_batches",
+    "sensitivity_analysis",
     "sqnr_db",
     "warn_left_float",
     "worst",

@@ -97,8 +97,9 @@ class QdqSummary:
             lines.append(f"{len(self.kept_float)} tensors kept in float on request")
         if self.converted_from_opset is not None:
             lines.append(f"model converted from opset {self.converted_from_opset} to {MIN_OPSET}")
-        if self.left_float:
-            lines.append(f"{len(self.left_float)} tensors left in float (see warnings)")
+        unexpected = [t for t, r in self.left_float.items() if r != KEPT_FLOAT_REASON]
+        if unexpected:
+            lines.append(f"{len(unexpected)} tensors left in float (see warnings)")
         return "; ".join(lines)
 
 
@@ -147,7 +148,7 @@ def _prepare(model: ModelSource) -> tuple[onnx.ModelProto, Optional[int], int]:
     folded = fold_constants(proto)
     proto = folded.model
     if folded.folded:
-        log.info("folded %d Constant nodes into initializers", len(folded.folded))
+        log.debug("folded %d Constant nodes into initializers", len(folded.folded))
     converted_from = None
     opset = default_opset(proto)
     if opset < MIN_OPSET:
@@ -519,11 +520,13 @@ def write_qdq_model(
         raise ModelError(f"Q/DQ model for {out_path} fails onnx.checker: {exc}") from exc
 
     _save_atomic(out, out_path)
-    if summary.left_float and warn_left_float:
-        listing = "\n".join(f"  {t}: {r}" for t, r in summary.left_float.items())
+    # Tensors kept in float on request are what the caller asked for: not worth a warning.
+    unexpected = {t: r for t, r in summary.left_float.items() if r != KEPT_FLOAT_REASON}
+    if unexpected and warn_left_float:
+        listing = "\n".join(f"  {t}: {r}" for t, r in unexpected.items())
         log.warning(
             "%d tensor(s) left in float (their consumers run in FP32/FP16 in TensorRT):\n%s",
-            len(summary.left_float),
+            len(unexpected),
             listing,
         )
     return summary

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from trtkld.errors import SearchError
+from trtkld.search.batch import SearchRequest, run_searches
 from trtkld.search.quality import GuardFinding, guard_findings, histogram_sqnr_db
 from trtkld.search.registry import (
     DEFAULT_BINS,
@@ -36,8 +37,8 @@ from trtkld.search.registry import (
 from trtkld.search.result import SearchResult, as_counts, fallback_result, resolve_width
 
 __all__ = ["DEFAULT_BINS", "METHODS", "GuardFinding", "MethodOption", "MethodRecord",
-           "SearchResult", "available_methods", "get_method", "guard_findings",
-           "histogram_sqnr_db", "run_search"]
+           "SearchRequest", "SearchResult", "available_methods", "get_method", "guard_findings",
+           "histogram_sqnr_db", "run_search", "run_searches"]
 
 
 def available_methods() -> list[str]:

@@ -7,7 +7,8 @@
   must vouch for the method/options/collector and the very bytes. Extend it (subclass, or add a
   check to :meth:`CachePolicy.checks`) for further provenance rules.
 - :class:`CacheMaker`: makes the cache (histograms -> search -> cache + sidecar) through one
-  call, :func:`write_calibration`, so the calibrator shares the writer of ``trtkld calibrate``.
+  call, :func:`write_calibration`, i.e. ``trtkld.calibrate()`` and its one writer, shared with
+  ``trtkld calibrate``.
 """
 from __future__ import annotations
 
@@ -118,30 +119,22 @@ def write_calibration(
 ) -> bytes:
     """Calibrate ``request.onnx`` on ``data`` and write the cache + sidecar; the cache bytes.
 
-    The one call through which the calibrator writes a cache (the same writer as ``trtkld
-    calibrate``).
+    The one call through which the calibrator writes a cache: ``trtkld.calibrate`` and its
+    ``write_cache`` (:func:`trtkld.calibration.write_calibration_cache`), the writer of
+    ``trtkld calibrate`` too.
     """
-    from trtkld.cache import sidecar, write_cache
-    from trtkld.pipeline import calibrate
+    from trtkld.calibration import calibrate
 
-    _, outcomes = calibrate(
-        request.onnx, data, [request.method], trt_version=request.trt_version,
-        algorithm=request.algorithm, include=include, exclude=exclude, quiet=quiet,
-        histograms=histograms, method_options={request.method: dict(request.options)},
+    cal = calibrate(
+        request.onnx, data, [request.method], include=include, exclude=exclude, quiet=quiet,
+        histograms=histograms, collector=request.collector, **dict(request.options),
     )
-    cache = outcomes[request.method].cache
-    write_cache(cache, request.cache_file)
-    written = request.cache_file.read_bytes()
-    sidecar.write_metadata(
-        request.cache_file,
-        sidecar.make_metadata(
-            method=request.method, options=request.options, collector=request.collector,
-            cache_bytes=written,
-        ),
-    )
+    written = cal.write_cache(request.cache_file, request.method,
+                              trt_version=request.trt_version, algorithm=request.algorithm)
     log.info(
         "wrote calibration cache %s: %d tensors, %s, method %s, collector %s",
-        request.cache_file, len(cache.scales), cache.header, request.method, request.collector,
+        request.cache_file, len(cal.results[request.method]),
+        written.split(b"\n", 1)[0].decode("ascii"), request.method, request.collector,
     )
     return written
 

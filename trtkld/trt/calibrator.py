@@ -63,6 +63,20 @@ def calibrator_class(base_class: type) -> type:
     return bases.derived_class(KLDCalibrator, base_class)
 
 
+def _method_options(method: str, given: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The options ``method`` takes from ``given``, as its cache's sidecar records them.
+
+    Checked by the method registry now (SearchError for an option no method takes or a bad
+    value), not deep inside TensorRT's callback; options only other methods take are dropped,
+    as ``trtkld.calibrate`` does, so the reuse check compares like with like.
+    """
+    if not given or method == BUILTIN_METHOD:
+        return dict(given or {})
+    from trtkld.search.registry import options_for_methods
+
+    return dict(options_for_methods(dict(given)).get(method, {}))
+
+
 def _available_methods() -> list[str]:
     from trtkld.search import available_methods
 
@@ -163,7 +177,7 @@ class KLDCalibrator:
         )
         self.onnx = None if onnx is None else Path(onnx)
         self.trt_version = trt_version or _backend_module().tensorrt_version()
-        self.search_options = dict(search_options or {})
+        self.search_options = _method_options(method, search_options)
         self.include = list(include) if include else None
         self.exclude = list(exclude) if exclude else None
         self.quiet = quiet

@@ -1,0 +1,257 @@
+"""Output-measured auto (trtkld.calibration.auto): ORT's rules reimplemented, the signed
+histogram, the consumer-output objective, and a real selection on the demo model."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtkld import demo
+from trtkld.calibration.auto import (
+    AutoOptions,
+    Rule,
+    apply_rules,
+    candidate_rules,
+    clamp_to_absmax,
+    collect_folded,
+    output_measured_auto,
+)
+from trtkld.calibration.local import ConsumerProbe, choose_per_tensor
+from trtkld.cli.main import main
+from trtkld.data import input_specs_from_onnx, open_data
+from trtkld.fidelity import fake_quantize
+from trtkld.histogram import abs_histogram
+from trtkld.histogram.signed import SignedHistogram, signed_histogram
+from trtkld.pipeline import collect_histograms, search_histograms
+from trtkld.qdq import prepare_model
+from trtkld.search.ort_rules import search_ort_entropy, search_ort_percentile
+
+RNG = np.random.default_rng(2024)
+
+
+# --------------------------------------------------------------------------- signed histogram
+
+
+def test_signed_histogram_folds_to_the_abs_histogram_and_matches_numpy():
+    x = (RNG.standard_normal(50_000) * 3).astype(np.float32)
+    x[:5] = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+    r = float(np.nanmax(np.abs(x[np.isfinite(x)])))
+    s = signed_histogram(x, 2048, r)
+    np.testing.assert_array_equal(s[1024:] + s[:1024][::-1], abs_histogram(x, 1024, r))
+    finite = x[np.isfinite(x)]
+    want, _ = np.histogram(finite, 2048, range=(-r, r))
+    # numpy puts a value exactly on a negative bin edge one bin higher; random floats never are
+    np.testing.assert_array_equal(s, want)
+    acc = SignedHistogram("x", 2048, r)
+    acc.update(x[:20_000])
+    acc.update(x[20_000:])
+    np.testing.assert_array_equal(acc.counts, s)
+    assert (acc.min, acc.max) == (float(finite.min()), float(finite.max()))
+
+
+# --------------------------------------------------------------------------- ORT's rules
+
+
+def _ort_entropy_amax(x: np.ndarray) -> float:
+    """ONNX Runtime's own Entropy collector (2048 bins, 128 quantized bins), symmetric amax."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    collector = HistogramCollector("entropy", True, 2048, 128, 99.999, None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        collector.collect({"x": [x]})
+        lo, hi = collector.compute_collection_result()["x"][:2]
+    return max(abs(float(lo)), abs(float(hi)))
+
+
+@pytest.mark.parametrize("kind", ["normal", "relu-heavy-tail", "skewed"])
+def test_ort_entropy_reimplementation_matches_onnxruntime(kind):
+    n = 100_000
+    if kind == "normal":
+        x = RNG.standard_normal(n) * 0.7
+    elif kind == "relu-heavy-tail":
+        x = np.maximum(RNG.standard_t(3, n), 0) + 0.01 * RNG.standard_normal(n)
+    else:
+        x = np.concatenate([RNG.exponential(1.0, n - 50), -RNG.exponential(8.0, 50)])
+    x = x.astype(np.float32)
+    t = float(np.abs(x).max())
+    got = search_ort_entropy(signed_histogram(x, 2048, t), t, float(x.min()), float(x.max()))
+    assert got.method == "ort-entropy" and got.scale > 0
+    assert got.amax == pytest.approx(_ort_entropy_amax(x), rel=1e-5)
+    assert got.scale == np.float32(got.amax / 127.0)
+
+
+def test_ort_percentile_takes_the_lower_edge_and_never_zero():
+    counts = np.zeros(2048, np.int64)
+    counts[0] = 999_980
+    counts[100] = 20
+    got = search_ort_percentile(counts, 0.01, 20.48, percentile=99.999)
+    assert got.amax == pytest.approx(100 * 0.01)       # lower edge of the bin reaching it
+    only_zeros = np.zeros(2048, np.int64)
+    only_zeros[0] = 5
+    assert search_ort_percentile(only_zeros, 0.01, 20.48).amax == pytest.approx(0.01)
+
+
+def test_clamp_keeps_a_fold_threshold_within_what_the_fold_saw():
+    from trtkld.search import run_search
+
+    counts = np.zeros(4096, np.int64)
+    counts[:100] = 10
+    r = run_search("max", counts[:2048], hist_max=8.0)
+    clamped = clamp_to_absmax(r, 2.0)
+    assert clamped.amax == 2.0 and clamped.scale == np.float32(2.0 / 127)
+    assert clamp_to_absmax(r, 9.0) is r
+
+
+# --------------------------------------------------------------------------- local objective
+
+
+def _gemm_model() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    w = RNG.standard_normal((6, 10)).astype(np.float32)
+    b = RNG.standard_normal(6).astype(np.float32)
+    nodes = [helper.make_node("Relu", ["X"], ["r"]),
+             helper.make_node("Gemm", ["r", "W", "B"], ["Y"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 10])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n", 6])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model, w, b
+
+
+def test_consumer_error_is_the_error_after_the_real_weights():
+    model, w, _ = _gemm_model()
+    prepared, _ = prepare_model(model)
+    probe = ConsumerProbe(prepared, ["r"], ["Gemm"])
+    assert probe.probed == ["r"]
+    x = np.abs(RNG.standard_normal((4, 10))).astype(np.float32)
+    scales = [0.001, 0.01, 0.05]
+    got = probe.errors("r", [x], scales)
+    for k, s in enumerate(scales):
+        d = (fake_quantize(x, s).astype(np.float64) - x) @ w.T.astype(np.float64)
+        assert got[k] == pytest.approx(float((d * d).sum()), rel=1e-4)
+    # The smallest error wins; equal scales count once and the first label keeps them.
+    cands = {"a": {"r": 0.001}, "b": {"r": 0.03}, "c": {"r": 0.03}}   # a clips at 0.127
+    assert choose_per_tensor(probe, {"r": [x]}, cands, "a") == {"r": "b"}
+    assert choose_per_tensor(probe, {}, cands, "a") == {"r": "a"}
+
+
+# --------------------------------------------------------------------------- demo model
+
+
+@pytest.fixture(scope="module")
+def demo_few(tmp_path_factory):
+    """6 calibration photos of the demo model, fed one per batch."""
+    folder = tmp_path_factory.mktemp("auto_calib")
+    images = sorted(p for p in demo.DEMO_CALIB_DIR.iterdir() if p.suffix.lower() in (".jpg",
+                                                                                        ".png"))
+    for p in images[:6]:
+        shutil.copy(p, folder / p.name)
+    model = str(demo.demo_model_path())
+    pre = demo.preprocess_options(demo.DEMO_PREPROCESS)
+    data = open_data(str(folder), input_specs_from_onnx(model), preprocess=pre, batch_size=1)
+    return model, data, folder
+
+
+def test_folded_histograms_sum_to_exactly_what_calibrate_collects(demo_few):
+    model, data, _ = demo_few
+    folded = collect_folded(model, data, folds=3, num_bins=4096, heldout_per_fold=1, quiet=True)
+    plain = collect_histograms(model, data, num_bins=4096, quiet=True)
+    assert folded.whole() == plain
+    assert [len(h) for h in folded.heldout] == [1, 1, 1]
+    whole_signed = folded.whole_signed()
+    for name, hist in plain.items():
+        s = whole_signed[name].counts
+        if hist.hist_max > 0:   # the signed halves fold to the |x| histogram at half the bins
+            np.testing.assert_array_equal(s[1024:] + s[:1024][::-1], hist.rebin(1024).counts)
+
+
+def test_hist_sqnr_rule_assembled_from_the_others_equals_search_auto(demo_few):
+    model, data, _ = demo_few
+    hists = collect_histograms(model, data, num_bins=4096, quiet=True)
+    tensors = list(hists)[:40]
+    rules = candidate_rules()
+    folded = collect_folded(model, data, folds=2, num_bins=4096, heldout_per_fold=1, quiet=True)
+    got = apply_rules([r for r in rules if r.method != "ort-entropy"], folded.whole(), {},
+                      tensors)
+    want = search_histograms(hists, "auto")
+    for t in tensors:
+        a, b = got["hist-sqnr"][t], want[t]
+        assert (a.amax, a.scale, a.chosen_method, a.scores) == (b.amax, b.scale,
+                                                                b.chosen_method, b.scores)
+
+
+def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few, tmp_path):
+    import trtkld
+
+    model, data, folder = demo_few
+    options = AutoOptions(folds=2, heldout=6)
+    plain = ["ppq", "nvidia", "modelopt", "mse", "max", "percentile"]
+    cal = trtkld.calibrate(model, data, ["auto"] + plain, auto=options, quiet=True)
+    out = cal.auto
+    labels = [r.label for r in candidate_rules()]
+    assert list(out.scores)[:len(labels)] == labels and "per-tensor" in out.scores
+    assert out.metric == "top1"        # the demo model's output is [N, 4] class scores
+    best = out.scores[out.chosen]
+    assert all(best.key() >= s.key() for s in out.scores.values())
+    assert out.heldout_samples == 6
+    for label, s in out.scores.items():   # every score is a real measurement
+        assert 0.0 <= s.top1 <= 1.0 and math.isfinite(s.sqnr_db), label
+    if out.chosen != "per-tensor":          # a single rule: every tensor follows it
+        assert set(out.tensor_rules.values()) == {out.chosen}
+    assert all(np.isfinite(r.scale) and r.scale > 0 for r in out.results.values())
+    # One collection: a chosen single rule gives exactly that method's cache.
+    same = {"percentile-99.99": "percentile"}.get(out.chosen, out.chosen)
+    if same in plain:
+        assert cal.scales("auto") == cal.scales(same)
+    assert set(cal.scales("auto")) == set(cal.scales("ppq"))
+
+    # The CLI: same inputs -> same choice, byte-identical cache; the sidecar lists every score.
+    caches = []
+    for run in range(2):
+        path = tmp_path / f"auto{run}.cache"
+        assert main(["calibrate", model, "--data", str(folder), "--preset", "imagenet",
+                     "--channel-order", "BGR", "--batch-size", "1", "--method", "auto",
+                     "--auto-heldout", "6", "-o", str(path), "--quiet", "--table", "none",
+                     "--trt-version", "10.9.0"]) == 0
+        caches.append(path.read_bytes())
+        side = json.loads((tmp_path / f"auto{run}.cache.trtkld.json").read_text())
+        assert set(side["auto"]["scores"]) == set(out.scores)
+        assert side["auto"]["chosen"] in side["auto"]["scores"]
+    assert caches[0] == caches[1]
+
+
+def test_one_batch_is_split_into_samples_and_one_sample_is_an_error(demo_few, tmp_path):
+    from trtkld.calibration.auto import _SingleSamples
+    from trtkld.errors import DataError
+
+    model, _, folder = demo_few
+    pre = demo.preprocess_options(demo.DEMO_PREPROCESS)
+    specs = input_specs_from_onnx(model)
+    one_batch = open_data(str(folder), specs, preprocess=pre, batch_size=8)   # 6 + 2 padding
+    assert len(one_batch) == 1
+    singles = _SingleSamples(one_batch)
+    assert len(singles) == 6 and len(list(singles)) == 6
+    folded = collect_folded(model, one_batch, folds=2, num_bins=4096, heldout_per_fold=3,
+                            quiet=True)
+    assert [len(h) for h in folded.heldout] == [3, 3]
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(next(folder.iterdir()), lone)
+    with pytest.raises(DataError, match="3 held-out folds need at least 3 calibration samples"):
+        output_measured_auto(model, open_data(str(lone), specs, preprocess=pre), quiet=True)
+
+
+def test_rule_labels_are_unique():
+    labels = [r.label for r in candidate_rules()]
+    assert len(labels) == len(set(labels))
+    assert {"ppq", "nvidia", "modelopt", "mse", "max", "percentile-99.99",
+            "percentile-99.999", "ort-entropy", "ort-percentile"} <= set(labels)
+    assert Rule("x", "max").options == ()

@@ -1,0 +1,646 @@
+"""Output-measured ``auto``: the threshold rule (or per-tensor mix) whose INT8 model is most
+faithful to FP32 on calibration inputs held out from the histograms.
+
+Why: the best rule differs by model, and a tensor's histogram SQNR does not predict output
+error. So ``auto`` measures what users judge: the Q/DQ model's output (TensorRT-style placement,
+:mod:`trtkld.qdq`) against FP32 in ONNX Runtime (:mod:`trtkld.fidelity`), and picks.
+
+One histogram collection (two model passes, as ``calibrate`` does):
+
+* batches are split into ``folds`` folds by batch index (batch ``j`` -> fold ``j % folds``);
+  pass 1 finds every tensor's absmax over all of them, pass 2 fills one |x| histogram set
+  (and one signed set, for ORT's entropy rule) PER FOLD over those shared ranges;
+* the whole-set histograms are the sum of the folds: exactly the histograms ``calibrate``
+  collects, so the chosen rule's cache is byte-identical to ``calibrate --method <rule>``;
+* fold ``f``'s training histograms are the sum of the other folds; a rule's fold-``f``
+  thresholds are searched on them and never exceed the training folds' own absmax (the shared
+  range must not leak fold ``f``'s extremes into, e.g., ``max``).
+
+Scoring: the first ``heldout`` real samples (spread over the folds) are kept from pass 2; each
+candidate's INT8 model runs on every held-out sample of fold ``f`` with its fold-``f``
+thresholds (one Q/DQ session whose scales are fed per run). The score is ``metric`` over all
+held-out samples: top-1 agreement for classifier-shaped outputs (``[N, C]``, ties broken by
+output SQNR), else the worst output's SQNR (or mean cosine). The best candidate wins; ties go to
+the earlier candidate. A candidate is thus chosen only if it beats, held out, every rule it
+competes with, including ONNX Runtime's own rules reimplemented on the same histograms.
+
+Candidates (``candidate_rules``): the registry's auto candidates (max, percentile 99.99 and
+99.999, ppq, nvidia, modelopt, mse), the per-tensor best-histogram-SQNR rule, ORT's entropy
+(signed 2048 bins, 128 quantized bins) and ORT's percentile (99.999); and ``per-tensor``:
+for each quantized tensor the rule whose threshold gives the smallest error at the output of
+the Conv/Gemm/MatMul reading it, with its real weights (:mod:`trtkld.calibration.local`),
+chosen on training-fold activations only. ``per-tensor`` is kept only when its held-out score
+beats every single rule's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from trtkld.collect import OnnxRuntimeCollector
+from trtkld.data import CalibrationData
+from trtkld.errors import DataError, ModelError
+from trtkld.fidelity import (
+    METRICS,
+    OutputAccumulator,
+    ScaleFeedSession,
+    batch_limit,
+    chunk_samples,
+    is_classifier_output,
+    metric_value,
+    ort_session,
+    output_records,
+    real_rows,
+)
+from trtkld.histogram import AbsmaxTracker, HistogramSet
+from trtkld.histogram.signed import SignedHistogram
+from trtkld.qdq import DEFAULT_OP_TYPES, is_usable_scale, prepare_model, quantizable_activations
+from trtkld.search import SearchResult
+from trtkld.search.ort_rules import (
+    ORT_ENTROPY_BINS,
+    search_ort_entropy,
+    search_ort_percentile,
+)
+from trtkld.search.result import to_scale
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+PER_TENSOR = "per-tensor"
+HIST_AUTO = "hist-sqnr"
+AUTO_BINS = 4096          # ppq's resolution; every other rule rebins it exactly
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One candidate threshold rule applied to every tensor.
+
+    ``method``: a registered search (trtkld.search) or ``ort-entropy`` / ``ort-percentile``;
+    ``options``: its keyword options; ``label``: the name scores and sidecars use.
+    """
+
+    label: str
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+    doc: str = ""
+
+
+def candidate_rules(percentiles: Sequence[float] = (99.99, 99.999)) -> list[Rule]:
+    """The single rules ``auto`` compares, in tie-break order (earlier wins a tie): the
+    registry's auto candidates in their ``auto_rank`` order (a method taking ``percentile``
+    once per value of ``percentiles``), the per-tensor histogram-SQNR rule (registry method
+    ``auto``), then ONNX Runtime's entropy and percentile rules (:mod:`trtkld.search.ort_rules`,
+    which need histograms the registry's |x| searches do not take)."""
+    from trtkld.search.registry import auto_candidates
+
+    rules: list[Rule] = []
+    for record in auto_candidates():
+        if "percentile" in record.option_names:
+            for p in percentiles:
+                rules.append(Rule(f"{record.name}-{p:g}", record.name, (("percentile", p),),
+                                  f"{record.doc} ({p:g})"))
+        else:
+            rules.append(Rule(record.name, record.name, (), record.doc))
+    rules.append(Rule(HIST_AUTO, "auto", (), "per tensor, the best histogram SQNR of the above"))
+    rules.append(Rule("ort-entropy", "ort-entropy", (),
+                      "ONNX Runtime Entropy: signed 2048-bin histogram, 128 quantized bins"))
+    rules.append(Rule("ort-percentile", "ort-percentile", (),
+                      "ONNX Runtime Percentile 99.999 (symmetric)"))
+    return rules
+
+
+@dataclass(frozen=True)
+class AutoOptions:
+    """Settings of the output-measured auto (fixed before any evaluation data is seen).
+
+    folds: held-out folds of the calibration batches (>= 2). 3: a rule's fold thresholds
+        come from 2/3 of the data, close to what it does on all of it, at a search cost of
+        one search per fold (scoring costs the same for any number of folds).
+    heldout: calibration samples scored (at most; spread evenly over the folds).
+    metric: ``sqnr`` | ``top1`` | ``cosine``; None = top1 for a classifier-shaped first
+        output, else sqnr.
+    per_tensor: also try the per-tensor consumer-output choice.
+    probe_samples: training samples per fold whose activations the per-tensor choice uses.
+    """
+
+    folds: int = 3
+    heldout: int = 16
+    metric: Optional[str] = None
+    per_tensor: bool = True
+    probe_samples: int = 1
+    percentiles: tuple[float, ...] = (99.99, 99.999)
+
+    def __post_init__(self) -> None:
+        if self.folds < 2 or self.heldout < self.folds or self.probe_samples < 1:
+            raise DataError(f"auto options: expected folds >= 2, heldout >= folds, "
+                            f"probe_samples >= 1; found {self}")
+        if self.metric is not None and self.metric not in METRICS:
+            raise DataError(f"auto: unknown metric {self.metric!r}; expected one of "
+                            f"{', '.join(METRICS)}")
+
+
+@dataclass
+class CandidateScore:
+    """Held-out fidelity of one candidate (over every held-out sample of every fold)."""
+
+    label: str
+    sqnr_db: float
+    cosine: float
+    top1: Optional[float]
+    score: float                       # the chosen metric
+    duplicate_of: Optional[str] = None  # same thresholds in every fold as this earlier one
+
+    def key(self) -> tuple[float, float]:
+        def finite(v: float) -> float:
+            return -math.inf if v is None or math.isnan(v) else v
+        return (finite(self.score), finite(self.sqnr_db))
+
+    def to_json(self) -> dict[str, Any]:
+        def num(v):
+            return None if v is None or not math.isfinite(v) else round(float(v), 6)
+        doc = {"score": num(self.score), "sqnr_db": num(self.sqnr_db),
+               "cosine": num(self.cosine), "top1": num(self.top1)}
+        if self.duplicate_of:
+            doc["same_thresholds_as"] = self.duplicate_of
+        return doc
+
+
+@dataclass
+class AutoOutcome:
+    """What the output-measured auto chose, for every collected tensor.
+
+    results: tensor -> whole-calibration-set SearchResult of the chosen rule (``method``
+        ``"auto"``, ``chosen_method`` = the rule's label per tensor).
+    chosen: the winning candidate's label; tensor_rules: tensor -> rule label (every tensor).
+    scores: label -> held-out score, in candidate order.
+    """
+
+    results: dict[str, SearchResult]
+    chosen: str
+    metric: str
+    scores: dict[str, CandidateScore]
+    tensor_rules: dict[str, str]
+    histograms: HistogramSet
+    heldout_samples: int
+    folds: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    options: AutoOptions = field(default_factory=AutoOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar's record: every candidate's score and what was chosen."""
+        return {
+            "chosen": self.chosen,
+            "metric": self.metric,
+            "folds": self.folds,
+            "heldout_samples": self.heldout_samples,
+            "scores": {label: s.to_json() for label, s in self.scores.items()},
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+    def describe(self) -> str:
+        best = self.scores[self.chosen]
+        runner = max((s for s in self.scores.values() if s.label != self.chosen),
+                     key=CandidateScore.key, default=None)
+        text = (f"auto chose {self.chosen} by held-out {self.metric} ({self.heldout_samples} "
+                f"calibration samples, {self.folds} folds): {_fmt(best.score)}"
+                f" (output SQNR {best.sqnr_db:.2f} dB)")
+        if runner is not None:
+            text += f"; next {runner.label} {_fmt(runner.score)} ({runner.sqnr_db:.2f} dB)"
+        return text
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v is None or math.isnan(v) else f"{v:.4g}"
+
+
+# --------------------------------------------------------------------------- collection
+
+
+@dataclass
+class FoldedHistograms:
+    """Per-fold |x| and signed histograms over shared ranges, and the kept samples."""
+
+    folds: list[HistogramSet]
+    signed: list[dict[str, SignedHistogram]]
+    heldout: list[list[dict[str, np.ndarray]]]          # fold -> kept real-sample feeds
+    probes: list[dict[str, list[np.ndarray]]]           # fold -> tensor -> kept activations
+
+    def whole(self) -> HistogramSet:
+        out = self.folds[0]
+        for h in self.folds[1:]:
+            out = out.merge(h)
+        return out
+
+    def training(self, fold: int) -> tuple[HistogramSet, dict[str, SignedHistogram]]:
+        others = [f for f in range(len(self.folds)) if f != fold]
+        hists = self.folds[others[0]]
+        signed = dict(self.signed[others[0]])
+        for f in others[1:]:
+            hists = hists.merge(self.folds[f])
+            signed = {t: s.merge(self.signed[f][t]) for t, s in signed.items()}
+        return hists, signed
+
+    def whole_signed(self) -> dict[str, SignedHistogram]:
+        signed = dict(self.signed[0])
+        for f in range(1, len(self.folds)):
+            signed = {t: s.merge(self.signed[f][t]) for t, s in signed.items()}
+        return signed
+
+
+def collect_folded(model: PathLike, data: CalibrationData, *, folds: int, num_bins: int,
+                   heldout_per_fold: int, probe_tensors: Sequence[str] = (),
+                   probe_per_fold: int = 0, include: Optional[Sequence[str]] = None,
+                   exclude: Optional[Sequence[str]] = None,
+                   quiet: bool = False) -> FoldedHistograms:
+    """Two model passes over ``data`` (module docstring): shared absmax ranges, then per-fold
+    histograms; keeps the first ``heldout_per_fold`` real samples of each fold and the
+    activations of ``probe_tensors`` for the first ``probe_per_fold`` samples of each fold."""
+    if len(data) < folds:
+        # Too few batches to fold: split them into one-sample batches where the model's batch
+        # size is free (padding rows dropped; the histograms then cover the real samples only).
+        if not all(not isinstance(s.batch_dim, int) for s in data.specs):
+            raise DataError(f"auto: {folds} held-out folds need at least {folds} calibration "
+                            f"batches, found {len(data)}; add inputs or lower --batch-size")
+        data = _SingleSamples(data)
+        if len(data) < folds:
+            raise DataError(f"auto: {folds} held-out folds need at least {folds} calibration "
+                            f"samples, found {len(data)}")
+    collector = OnnxRuntimeCollector(model, include=include, exclude=exclude)
+    tracker = AbsmaxTracker(collector.tensor_names)
+    for batch in _bar(data, "auto pass 1/2 (absmax)", quiet):
+        tracker.update_many(collector.run(batch))
+    names = [n for n in collector.tensor_names if n in tracker]
+    absmax = {n: tracker[n] for n in names}
+    hists = [HistogramSet.from_absmax(absmax, num_bins) for _ in range(folds)]
+    ranges = {n: h.hist_max for n, h in hists[0].items()}
+    signed = [{n: SignedHistogram(n, ORT_ENTROPY_BINS, ranges[n]) for n in names}
+              for _ in range(folds)]
+    heldout: list[list[dict[str, np.ndarray]]] = [[] for _ in range(folds)]
+    probes: list[dict[str, list[np.ndarray]]] = [{} for _ in range(folds)]
+    probe_count = [0] * folds
+    for j, batch in enumerate(_bar(data, "auto pass 2/2 (histograms)", quiet)):
+        f = j % folds
+        acts = collector.run(batch)
+        hists[f].update_many({n: acts[n] for n in names})
+        for n in names:
+            signed[f][n].update(acts[n])
+        feeds, rows = real_rows(batch)
+        count = next(iter(feeds.values())).shape[0] if feeds else 0
+        for i in range(count):
+            if len(heldout[f]) < heldout_per_fold:
+                heldout[f].append({k: v[i:i + 1] for k, v in feeds.items()})
+        if probe_tensors and probe_count[f] < probe_per_fold and count:
+            keep = rows if rows is not None else np.arange(count)
+            take = keep[:probe_per_fold - probe_count[f]]
+            for t in probe_tensors:
+                x = acts.get(t)
+                if x is not None and x.ndim >= 1 and x.shape[0] == len(batch.sources):
+                    probes[f].setdefault(t, []).append(np.array(x[take]))
+            probe_count[f] += len(take)
+    return FoldedHistograms(hists, signed, heldout, probes)
+
+
+class _SingleSamples:
+    """Re-iterable one-real-sample batches of ``data`` (padding rows dropped)."""
+
+    def __init__(self, data: CalibrationData):
+        self._data = data
+        self._count = sum(next(iter(real_rows(b)[0].values())).shape[0] for b in data)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        from trtkld.data import Batch
+
+        for batch in self._data:
+            feeds, rows = real_rows(batch)
+            sources = batch.sources if rows is None else [batch.sources[i] for i in rows]
+            for i, source in enumerate(sources):
+                yield Batch({k: v[i:i + 1] for k, v in feeds.items()}, (source,))
+
+
+def _bar(data, desc: str, quiet: bool):
+    if quiet:
+        return data
+    from tqdm import tqdm
+
+    return tqdm(data, total=len(data), desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def apply_rule(rule: Rule, hists: HistogramSet, signed: Mapping[str, SignedHistogram],
+               tensors: Optional[Sequence[str]] = None,
+               method_options: Optional[Mapping[str, Mapping[str, object]]] = None
+               ) -> dict[str, SearchResult]:
+    """``rule``'s result for each of ``tensors`` (default: every histogram), in that order."""
+    from trtkld.pipeline import search_histograms
+
+    names = list(hists) if tensors is None else list(tensors)
+    if rule.method == "ort-entropy":
+        out = {}
+        for t in names:
+            s = signed[t]
+            out[t] = search_ort_entropy(s.counts, s.hist_max, s.min, s.max, name=t)
+        return out
+    if rule.method == "ort-percentile":
+        out = {}
+        for t in names:
+            h = hists[t]
+            h = h.rebin(ORT_ENTROPY_BINS) if h.num_bins > ORT_ENTROPY_BINS else h
+            out[t] = search_ort_percentile(h.counts, h.bin_width, h.hist_max)
+        return out
+    subset = hists if tensors is None else HistogramSet([hists[t] for t in names])
+    options = {k: dict(v) for k, v in (method_options or {}).items()}
+    if rule.options:
+        options[rule.method] = {**options.get(rule.method, {}), **dict(rule.options)}
+    return search_histograms(subset, rule.method, method_options=options)
+
+
+def apply_rules(rules: Sequence[Rule], hists: HistogramSet,
+                signed: Mapping[str, SignedHistogram], tensors: Optional[Sequence[str]] = None,
+                method_options: Optional[Mapping[str, Mapping[str, object]]] = None
+                ) -> dict[str, dict[str, SearchResult]]:
+    """Every rule's results (label -> tensor -> result). The per-tensor histogram-SQNR rule
+    (search method ``auto``) is assembled from the other rules' results where they are the
+    very searches it would run, instead of running them again (identical results, tested)."""
+    out: dict[str, dict[str, SearchResult]] = {}
+    for rule in rules:
+        if rule.method != "auto":
+            out[rule.label] = apply_rule(rule, hists, signed, tensors, method_options)
+    for rule in rules:
+        if rule.method == "auto":
+            out[rule.label] = _hist_sqnr(rule, rules, out, hists, signed, tensors,
+                                         method_options)
+    return {rule.label: out[rule.label] for rule in rules}
+
+
+def _hist_sqnr(rule: Rule, rules: Sequence[Rule], done: Mapping[str, Mapping[str, SearchResult]],
+               hists: HistogramSet, signed: Mapping[str, SignedHistogram],
+               tensors: Optional[Sequence[str]],
+               method_options: Optional[Mapping[str, Mapping[str, object]]]
+               ) -> dict[str, SearchResult]:
+    from trtkld.search.auto import AUTO_ORDER, pick_best
+    from trtkld.search.baselines import DEFAULT_PERCENTILE
+    from trtkld.search.quality import histogram_sqnr_db
+    from trtkld.search.result import clipped_fraction, fallback_result
+
+    auto_options = {**dict((method_options or {}).get("auto", {})), **dict(rule.options)}
+    percentile = float(auto_options.get("percentile", DEFAULT_PERCENTILE))
+    by_method: dict[str, Mapping[str, SearchResult]] = {}
+    for method in AUTO_ORDER:
+        wanted = (("percentile", percentile),) if method == "percentile" else ()
+        same = next((r for r in rules if r.method == method and r.label in done
+                     and tuple(r.options) == wanted
+                     and (wanted or not (method_options or {}).get(method))), None)
+        by_method[method] = (done[same.label] if same is not None else apply_rule(
+            Rule(method, method, wanted), hists, signed, tensors, None))
+    names = list(hists) if tensors is None else list(tensors)
+    out = {}
+    for t in names:
+        h = hists[t]
+        if h.bin_width == 0.0 or not h.counts.any():
+            out[t] = fallback_result("auto", 127.0)
+            continue
+        results = {m: by_method[m][t] for m in AUTO_ORDER}
+        scores = {m: histogram_sqnr_db(h.counts, h.bin_width, r.amax, float(r.scale))
+                  for m, r in results.items()}
+        best = pick_best(scores)
+        win = results[best]
+        out[t] = SearchResult(method="auto", amax=win.amax, scale=win.scale, index=win.index,
+                              kl=win.kl,
+                              clipped_fraction=clipped_fraction(h.counts, h.bin_width, win.amax),
+                              candidates=win.candidates, divergences=win.divergences,
+                              fallback=win.fallback, chosen_method=best, scores=scores)
+    return out
+
+
+def clamp_to_absmax(result: SearchResult, absmax: float) -> SearchResult:
+    """``result`` with its threshold lowered to ``absmax`` when above it (scale scaled alike):
+    a fold's thresholds never exceed what its training folds saw."""
+    if not (absmax > 0.0) or not (result.amax > absmax) or result.fallback:
+        return result
+    factor = absmax / result.amax
+    return dataclasses.replace(result, amax=absmax,
+                               scale=to_scale(float(result.scale) * factor))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class HeldoutScorer:
+    """Held-out fidelity of per-fold scale sets, one Q/DQ session with scales fed per run.
+
+    Samples of one shape run together (up to the model's batch size, or ``MAX_CHUNK`` when the
+    batch size is free); rows that only fill a fixed batch are dropped before comparing.
+    """
+
+    def __init__(self, model: PathLike, tensors: Sequence[str],
+                 template: Mapping[str, float], heldout: Sequence[Sequence[dict]], *,
+                 op_types: Sequence[str], per_channel: bool):
+        from trtkld.data import input_specs_from_onnx
+
+        self.session = ScaleFeedSession(model, {t: template[t] for t in tensors},
+                                        op_types=op_types, per_channel=per_channel)
+        self.tensors = list(self.session.tensors)
+        fp32 = ort_session(model, quantized=False)
+        self.output_names = self.session.output_names
+        size, fixed = batch_limit(input_specs_from_onnx(model))
+        self.chunks = [_shape_chunks(fold, size, fixed) for fold in heldout]
+        self.references = [[[y[:real] for y in fp32.run(self.output_names, feeds)]
+                            for feeds, real in fold] for fold in self.chunks]
+        self.samples = sum(len(f) for f in heldout)
+        first = self.references[0][0] if self.references and self.references[0] else []
+        self.classifier = bool(first) and is_classifier_output(tuple(first[0].shape))
+        self._cache: dict[tuple, dict[str, Any]] = {}
+        self.runs = 0
+
+    def default_metric(self) -> str:
+        return "top1" if self.classifier else "sqnr"
+
+    def key_of(self, fold_scales: Sequence[Mapping[str, float]]) -> tuple:
+        """What a scale set changes in the Q/DQ model (equal keys, equal scores)."""
+        return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
+                     for s in fold_scales)
+
+    def outputs(self, fold_scales: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+        """Per-output records (sqnr_db, cosine, top1_agreement) over every held-out sample."""
+        key = self.key_of(fold_scales)
+        if key in self._cache:
+            return self._cache[key]
+        accs = {o: OutputAccumulator(o) for o in self.output_names}
+        for fold, scales in enumerate(fold_scales):
+            for (feeds, real), ref in zip(self.chunks[fold], self.references[fold]):
+                got = self.session.run(feeds, scales)
+                self.runs += 1
+                for o, y, q in zip(self.output_names, ref, got):
+                    accs[o].update(y, q[:real])
+        records = output_records(accs)
+        self._cache[key] = records
+        return records
+
+
+def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool
+                  ) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Runs of same-shape samples (data order kept within a shape): (feeds, real rows)."""
+    groups: dict[tuple, list] = {}
+    for sample in samples:
+        groups.setdefault(tuple((k, v.shape) for k, v in sample.items()), []).append(sample)
+    out = []
+    for group in groups.values():
+        out.extend(chunk_samples(group, size, fixed))
+    return out
+
+
+def _score(label: str, records: Mapping[str, Any], metric: str) -> CandidateScore:
+    top1 = metric_value(records, "top1")
+    return CandidateScore(label, metric_value(records, "sqnr"), metric_value(records, "cosine"),
+                          None if math.isnan(top1) else top1, metric_value(records, metric))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def output_measured_auto(
+    model: PathLike,
+    data: CalibrationData,
+    *,
+    options: AutoOptions = AutoOptions(),
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    per_channel: bool = True,
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+    rules: Optional[Sequence[Rule]] = None,
+    quiet: bool = False,
+) -> AutoOutcome:
+    """Choose and apply the most output-faithful rule (module docstring).
+
+    Args:
+        model: FP32 ONNX model; data: the calibration data (never evaluation data).
+        include / exclude: the tensors calibrated (as ``calibrate``); the Q/DQ model quantizes
+            the inputs of ``op_types`` among them.
+        method_options: per-method options (e.g. ``{"percentile": {"percentile": 99.9}}``) for
+            the registry rules that do not fix their own.
+    Returns:
+        an :class:`AutoOutcome` covering every collected tensor.
+    """
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    rules = list(rules) if rules is not None else candidate_rules(options.percentiles)
+    prepared, _ = prepare_model(model)
+    quantizable = quantizable_activations(model, op_types)
+    if not quantizable:
+        raise ModelError(f"model {model}: no input of {', '.join(op_types)} to measure auto on")
+    k = options.folds
+    per_fold = max(1, math.ceil(options.heldout / k))
+    probe_tensors = quantizable if options.per_tensor else []
+    folded = collect_folded(model, data, folds=k, num_bins=AUTO_BINS,
+                            heldout_per_fold=per_fold, probe_tensors=probe_tensors,
+                            probe_per_fold=options.probe_samples if options.per_tensor else 0,
+                            include=include, exclude=exclude, quiet=quiet)
+    whole = folded.whole()
+    seconds["collect"] = time.perf_counter() - started
+    tensors = [t for t in quantizable if t in whole]
+    if not tensors:
+        raise ModelError(f"model {model}: none of the tensors the Q/DQ model quantizes was "
+                         "calibrated (check --include/--exclude)")
+    if any(not fold for fold in folded.heldout):
+        raise DataError(f"auto: a held-out fold has no real sample ({data.num_samples} "
+                        f"calibration samples, {k} folds)")
+
+    # Every rule on every fold's training histograms (quantized tensors only: they are scored).
+    t0 = time.perf_counter()
+    fold_results: list[dict[str, dict[str, SearchResult]]] = []
+    for f in range(k):
+        train, train_signed = folded.training(f)
+        raw = apply_rules(rules, train, train_signed, tensors, method_options)
+        fold_results.append({label: {t: clamp_to_absmax(r, train[t].absmax)
+                                     for t, r in res.items()} for label, res in raw.items()})
+    whole_signed = folded.whole_signed()
+    seconds["search"] = time.perf_counter() - t0
+
+    usable = [t for t in tensors
+              if all(is_usable_scale(np.float32(fr[label][t].scale))
+                     for fr in fold_results for label in fr)]
+    t0 = time.perf_counter()
+    scorer = HeldoutScorer(model, usable,
+                           {t: fold_results[0][rules[0].label][t].scale for t in usable},
+                           folded.heldout, op_types=op_types, per_channel=per_channel)
+    metric = options.metric or scorer.default_metric()
+    scores: dict[str, CandidateScore] = {}
+    seen: dict[tuple, str] = {}
+    for rule in rules:
+        fold_scales = [{t: fr[rule.label][t].scale for t in scorer.tensors}
+                       for fr in fold_results]
+        key = scorer.key_of(fold_scales)
+        score = _score(rule.label, scorer.outputs(fold_scales), metric)
+        score.duplicate_of = seen.get(key)
+        seen.setdefault(key, rule.label)
+        scores[rule.label] = score
+    best_single = max(scores.values(), key=CandidateScore.key)   # the first of equal maxima
+    seconds["score"] = time.perf_counter() - t0
+
+    tensor_rules = {t: best_single.label for t in whole}
+    chosen = best_single.label
+    if options.per_tensor:
+        t0 = time.perf_counter()
+        from trtkld.calibration.local import ConsumerProbe, choose_per_tensor
+
+        probe = ConsumerProbe(prepared, scorer.tensors, op_types)
+        fold_scales = []
+        for f in range(k):
+            # probe_samples training activations, from the folds after f (cost: one consumer
+            # pass per candidate per sample, so it is capped, not k - 1 folds' worth).
+            train_samples: dict[str, list[np.ndarray]] = {}
+            for g in [(f + i) % k for i in range(1, k)]:
+                for t, xs in folded.probes[g].items():
+                    room = options.probe_samples - len(train_samples.get(t, []))
+                    if room > 0:
+                        train_samples.setdefault(t, []).extend(xs[:room])
+            cands = {label: {t: fold_results[f][label][t].scale for t in scorer.tensors}
+                     for label in scores}
+            pick = choose_per_tensor(probe, train_samples, cands, best_single.label)
+            fold_scales.append({t: cands[pick[t]][t] for t in scorer.tensors})
+        score = _score(PER_TENSOR, scorer.outputs(fold_scales), metric)
+        scores[PER_TENSOR] = score
+        if score.key() > best_single.key():
+            all_samples: dict[str, list[np.ndarray]] = {}
+            for g in range(k):
+                for t, xs in folded.probes[g].items():
+                    all_samples.setdefault(t, []).extend(xs)
+            whole_q = apply_rules(rules, whole, whole_signed, scorer.tensors, method_options)
+            cands = {label: {t: whole_q[label][t].scale for t in scorer.tensors}
+                     for label in whole_q}
+            pick = choose_per_tensor(probe, all_samples, cands, best_single.label)
+            tensor_rules.update(pick)
+            chosen = PER_TENSOR
+        seconds["per_tensor"] = time.perf_counter() - t0
+
+    # The chosen rule(s) on the whole calibration set, for every collected tensor.
+    by_label = {r.label: r for r in rules}
+    needed = sorted(set(tensor_rules.values()), key=list(by_label).index)
+    full = apply_rules([by_label[label] for label in needed], whole, whole_signed, None,
+                       method_options)
+    results = {}
+    for t in whole:
+        r = full[tensor_rules[t]][t]
+        results[t] = dataclasses.replace(r, method="auto", chosen_method=tensor_rules[t])
+    seconds["total"] = time.perf_counter() - started
+    if not quiet:
+        log.info("auto: %d Q/DQ runs on %d held-out samples", scorer.runs, scorer.samples)
+    return AutoOutcome(results=results, chosen=chosen, metric=metric, scores=scores,
+                       tensor_rules=tensor_rules, histograms=whole,
+                       heldout_samples=scorer.samples, folds=k, seconds=seconds,
+                       options=options)
