@@ -157,7 +157,6 @@ def test_ray_cli_writes_the_same_cache_with_one_progress_bar(ray_cluster, six_im
     err = capsys.readouterr().err
     # one bar of 3 shards x 2 passes, renamed per pass (tqdm may skip drawing the last step)
     assert "ray pass 1/2 (absmax)" in err and "ray pass 2/2 (histograms)" in err
-
     assert set(re.findall(r"\d+/(\d+) \[", err)) == {"6"}
     for method in ("ppq", "nvidia"):
         assert (tmp_path / f"ray.{method}.cache").read_bytes() == \
