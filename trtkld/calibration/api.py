@@ -231,6 +231,15 @@ def calibrate(
     if "auto" in methods and calib_data is not None and auto is not None:
         from trtkld.calibration.auto import AutoOptions, output_measured_auto
 
+        if executor == "ray":
+            from trtkld.scaleout.errors import ScaleOutError
+
+            raise ScaleOutError(
+                "executor='ray' shards the histogram collection, but the output-measured auto "
+                "runs the model on held-out folds in one process; pass auto=None (CLI: "
+                "--auto-by histogram) to choose auto's rules from the sharded histograms, or "
+                "calibrate auto without Ray")
+
         if overrides or hist_max is not None:
             raise SearchError("the output-measured auto chooses each tensor's rule on its own "
                               "collection; drop tensor_methods / hist_max (or pass auto=None)")
