@@ -27,12 +27,6 @@ def demo_model() -> str:
 
 
 @pytest.fixture(scope="session")
-def nsfw_model() -> str:
-    """open-nsfw, input ``input:0`` [N,224,224,3] (caffe preset)."""
-    return str(demo.nsfw_model_path())
-
-
-@pytest.fixture(scope="session")
 def demo_calib_dir() -> Path:
     """The repository's calibration photos (``calib_data/``)."""
     return Path(demo.DEMO_CALIB_DIR)

@@ -202,8 +202,16 @@ def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few,
     best = out.scores[out.chosen]
     assert all(best.key() >= s.key() for s in out.scores.values())
     assert out.heldout_samples == 6
+    from trtkld.calibration.auto import metric_of_samples
+
     for label, s in out.scores.items():   # every score is a real measurement
         assert 0.0 <= s.top1 <= 1.0 and math.isfinite(s.sqnr_db), label
+        # the per-sample terms behind the jackknife add up to the streamed metrics
+        assert metric_of_samples(s.per_sample, "sqnr") == pytest.approx(s.sqnr_db, abs=1e-9)
+        assert metric_of_samples(s.per_sample, "cosine") == pytest.approx(s.cosine, abs=1e-12)
+        assert metric_of_samples(s.per_sample, "top1") == pytest.approx(s.top1)
+    assert out.runner_up in out.scores and out.runner_up != out.chosen
+    assert out.margin >= 0 and out.margin_se >= 0
     if out.chosen != "per-tensor":          # a single rule: every tensor follows it
         assert set(out.tensor_rules.values()) == {out.chosen}
     assert all(np.isfinite(r.scale) and r.scale > 0 for r in out.results.values())
@@ -225,6 +233,7 @@ def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few,
         side = json.loads((tmp_path / f"auto{run}.cache.trtkld.json").read_text())
         assert set(side["auto"]["scores"]) == set(out.scores)
         assert side["auto"]["chosen"] in side["auto"]["scores"]
+        assert side["auto"]["runner_up"] in side["auto"]["scores"]
     assert caches[0] == caches[1]
 
 

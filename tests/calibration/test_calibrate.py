@@ -276,3 +276,30 @@ def test_guard_results_match_the_search_guard(tmp_path):
     # keeping 90% of |x| clips about 10% of every tensor with a spread of values
     assert {"x", "mm", "relu", "y"} <= set(flagged)
     assert all(any(f.kind == "clipped" for f in flagged[n]) for n in ("x", "mm", "y"))
+
+
+def test_api_takes_every_data_form_and_gives_the_same_thresholds(tmp_path):
+    """trtkld.calibrate(data=...): a .npy folder, a list of dicts, a callable returning dicts
+    and an opened CalibrationData all give the same histograms, thresholds and cache bytes."""
+    import trtkld
+    from trtkld.errors import DataError
+
+    model = _tiny_model(tmp_path / "tiny.onnx")
+    folder, batch = _npy_data(tmp_path)
+    as_dicts = [{"x": row} for row in batch]
+    opened = open_data(str(folder), input_specs_from_onnx(model), batch_size=4)
+    forms = {"folder": str(folder), "dicts": as_dicts, "callable": lambda: iter(as_dicts),
+             "opened": opened}
+    reference = _reference_histograms(model, batch, 4096)
+    caches = {}
+    for label, data in forms.items():
+        cal = trtkld.calibrate(model, data, ["ppq", "max"], batch_size=4, quiet=True)
+        assert list(cal.results) == ["ppq", "max"], label
+        caches[label] = cal.write_cache(tmp_path / f"{label}.cache", "ppq", trt_version="10.9.0")
+        for name in ("x", "relu"):
+            absmax, counts = reference[name]
+            assert cal.histograms[name].absmax == np.float32(absmax), (label, name)
+            np.testing.assert_array_equal(cal.histograms[name].counts, counts)
+    assert len(set(caches.values())) == 1
+    with pytest.raises(DataError, match="one-shot generator"):
+        trtkld.calibrate(model, ({"x": row} for row in batch), ["ppq"], quiet=True)

@@ -93,6 +93,33 @@ def test_ort_entropy_2048_peer_runs_with_uneven_batches():
     assert got["X"] <= np.float32(np.abs(np.concatenate([f["X"] for f in feeds])).max() / 127)
 
 
+def test_ort_entropy_peer_takes_inputs_of_several_widths():
+    """A recognizer's text lines differ in width; ORT's histogram calibrator cannot stack them
+    in one call, so the peer feeds each shape in its own calls (ORT merges the histograms)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Conv", ["r", "W2"], ["Y"])],
+        "lines", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 8, "w"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2, 8, "w"])],
+        [numpy_helper.from_array(w, "W"),
+         numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    prepared, _ = prepare_model(model)
+    feeds = [{"X": rng.standard_normal((1, 1, 8, width)).astype(np.float32)}
+             for width in (16, 24, 16, 32)]
+    for peer in ("ort-entropy-2048", "ort-minmax"):
+        got = peer_scales(prepared, feeds, PEERS[peer], op_types=["Conv"])
+        biggest = max(float(np.abs(f["X"]).max()) for f in feeds)
+        assert 0 < got["X"] <= np.float32(biggest / 127) and np.isfinite(got["r"])
+    assert got["X"] == np.float32(biggest / 127)     # MinMax: the largest |x| of every width
+
+
 # --------------------------------------------------------------------------- real demo model
 
 

@@ -37,3 +37,30 @@ def test_counts_exact_across_sub_histogram_flushes():
         expected[0] = n - (n + 6) // 7
         expected[int(0.99 * 4096)] = (n + 6) // 7
         np.testing.assert_array_equal(counts, expected)
+
+
+def test_parallel_update_raises_the_first_failing_tensor_and_changes_nothing():
+    # run_tasks shares one queue between the calling thread and a pool thread; an error must
+    # still be the first failing task's in task order, after every task ran, and be atomic
+    import numpy as np
+    import pytest
+
+    from trtkld.errors import HistogramError
+    from trtkld.histogram import HistogramSet, TensorHistogram
+
+    rng = np.random.default_rng(5)
+    names = [f"t{i}" for i in range(12)]
+    hists = HistogramSet(TensorHistogram(n, 256, 0.0 if n in ("t3", "t7") else 8.0)
+                         for n in names)
+    arrays = {n: rng.normal(size=40000).astype(np.float32) for n in names}
+    before = {n: h.counts.copy() for n, h in hists.items()}
+    with pytest.raises(HistogramError, match="'t3'"):
+        hists.update_many(arrays)
+    for n in names:
+        np.testing.assert_array_equal(hists[n].counts, before[n])
+    good = {n: x for n, x in arrays.items() if n not in ("t3", "t7")}
+    hists.update_many(good)
+    for n, x in good.items():
+        expected = np.bincount(np.minimum((np.abs(x.astype(np.float64)) * 32.0).astype(int), 255),
+                               minlength=256)
+        np.testing.assert_array_equal(hists[n].counts, expected)

@@ -207,7 +207,8 @@ def test_already_quantized_model_and_missing_file_are_clear_errors(tmp_path):
         write_qdq_model(tmp_path / "nope.onnx", {}, tmp_path / "x.onnx")
 
 
-def test_demo_model_qdq_runs_in_ort_close_to_fp32(tmp_path):
+def test_demo_model_qdq_runs_in_ort_close_to_fp32(tmp_path, demo_model, demo_calib_dir,
+                                                   demo_eval_dir):
     """The real PP-LCNet: max-calibrated on 2 calibration images, checked on 2 held-out ones."""
     import re
 
@@ -217,11 +218,11 @@ def test_demo_model_qdq_runs_in_ort_close_to_fp32(tmp_path):
     from trtkld.demo import preprocess_options
     from trtkld.qdq import quantizable_activations
 
-    model = str(demo.demo_model_path())
+    model = demo_model
     specs = input_specs_from_onnx(model)
     pre = preprocess_options(demo.DEMO_PREPROCESS)
 
-    calib = open_data(str(demo.DEMO_CALIB_DIR), specs, preprocess=pre, batch_size=2)
+    calib = open_data(str(demo_calib_dir), specs, preprocess=pre, batch_size=2)
     names = quantizable_activations(model)
     collector = OnnxRuntimeCollector(model, include=[re.escape(n) for n in names])
     batch = next(iter(calib))
@@ -237,7 +238,7 @@ def test_demo_model_qdq_runs_in_ort_close_to_fp32(tmp_path):
         if node.op_type in ("Conv", "MatMul"):
             assert produced_by[node.input[0]] == "DequantizeLinear"
             assert produced_by[node.input[1]] == "DequantizeLinear"
-    held = next(iter(open_data(str(demo.DEMO_EVAL_DIR), specs, preprocess=pre, batch_size=2)))
+    held = next(iter(open_data(str(demo_eval_dir), specs, preprocess=pre, batch_size=2)))
     x = held.inputs["x"]
     ref = run(model, x)
     got = run(out, x)

@@ -139,6 +139,17 @@ def test_policy_reuses_only_a_matching_cache(tmp_path, model, data):
     assert not ok and "changed after trtkld wrote it" in why
 
 
+@pytest.mark.parametrize("method, options", [("auto", {}), ("percentile", {"percentile": 99.9})])
+def test_a_cache_just_written_is_reused_for_every_method(tmp_path, model, data, method,
+                                                         options):
+    """The sidecar records exactly the request's options, so the next build reuses the cache."""
+    req = _request(tmp_path, model, method=method, options=options)
+    written = write_calibration(req, data, quiet=True)
+    ok, why = CachePolicy().should_reuse(req)
+    assert ok, why
+    assert written == req.cache_file.read_bytes()
+
+
 def test_policy_can_be_extended_with_a_check(tmp_path, model, data):
     class NoMondays(CachePolicy):
         def checks(self):

@@ -1,4 +1,6 @@
-"""The calibration API: one home for "calibrate this model" used by the CLI and the calibrator.
+"""The calibration API: one home for "calibrate this model" used by the CLI and the calibrator,
+and the calibration choices above the search and fidelity stages (the output-measured
+``auto`` in :mod:`trtkld.calibration.auto`, its refinement in :mod:`trtkld.calibration.refine`).
 
 ::
 

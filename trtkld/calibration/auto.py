@@ -158,6 +158,7 @@ class CandidateScore:
     top1: Optional[float]
     score: float                       # the chosen metric
     duplicate_of: Optional[str] = None  # same thresholds in every fold as this earlier one
+    per_sample: Optional[dict] = field(default=None, repr=False, compare=False)
 
     def key(self) -> tuple[float, float]:
         def finite(v: float) -> float:
@@ -194,14 +195,22 @@ class AutoOutcome:
     folds: int
     seconds: dict[str, float] = field(default_factory=dict)
     options: AutoOptions = field(default_factory=AutoOptions)
+    runner_up: Optional[str] = None
+    margin: float = math.nan           # chosen's score minus the runner-up's (held out)
+    margin_se: float = math.nan        # its jackknife standard error over held-out samples
 
     def to_json(self) -> dict[str, Any]:
         """The sidecar's record: every candidate's score and what was chosen."""
+        def num(v):
+            return None if v is None or not math.isfinite(v) else round(float(v), 6)
         return {
             "chosen": self.chosen,
             "metric": self.metric,
             "folds": self.folds,
             "heldout_samples": self.heldout_samples,
+            "runner_up": self.runner_up,
+            "margin": num(self.margin),
+            "margin_jackknife_se": num(self.margin_se),
             "scores": {label: s.to_json() for label, s in self.scores.items()},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
@@ -215,6 +224,10 @@ class AutoOutcome:
                 f" (output SQNR {best.sqnr_db:.2f} dB)")
         if runner is not None:
             text += f"; next {runner.label} {_fmt(runner.score)} ({runner.sqnr_db:.2f} dB)"
+        if math.isfinite(self.margin_se):
+            noisy = " - within noise" if abs(self.margin) <= self.margin_se else ""
+            text += (f"; margin {_fmt(self.margin)} +- {_fmt(self.margin_se)} (jackknife over "
+                     f"held-out samples{noisy})")
         return text
 
 
@@ -474,21 +487,85 @@ class HeldoutScorer:
         return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
                      for s in fold_scales)
 
-    def outputs(self, fold_scales: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-        """Per-output records (sqnr_db, cosine, top1_agreement) over every held-out sample."""
+    def outputs(self, fold_scales: Sequence[Mapping[str, float]]
+                ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+        """Per-output records (sqnr_db, cosine, top1_agreement) over every held-out sample,
+        and the per-sample terms they sum (:func:`sample_terms`)."""
         key = self.key_of(fold_scales)
         if key in self._cache:
             return self._cache[key]
         accs = {o: OutputAccumulator(o) for o in self.output_names}
+        terms: dict[str, list] = {o: [] for o in self.output_names}
         for fold, scales in enumerate(fold_scales):
             for (feeds, real), ref in zip(self.chunks[fold], self.references[fold]):
                 got = self.session.run(feeds, scales)
                 self.runs += 1
                 for o, y, q in zip(self.output_names, ref, got):
                     accs[o].update(y, q[:real])
-        records = output_records(accs)
-        self._cache[key] = records
-        return records
+                    terms[o].append(sample_terms(y, q[:real]))
+        per_sample = {o: {k: np.concatenate([t[k] for t in parts]) for k in parts[0]}
+                      for o, parts in terms.items()}
+        out = (output_records(accs), per_sample)
+        self._cache[key] = out
+        return out
+
+
+def sample_terms(ref: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
+    """Per sample (axis 0): signal and noise energy, cosine, and argmax agreement (rank-2
+    outputs). A non-finite INT8 value makes that sample's noise infinite."""
+    from trtkld.fidelity import per_sample_cosine
+
+    n = ref.shape[0] if ref.ndim else 1
+    r = np.asarray(ref, np.float64).reshape(n, -1)
+    t = np.asarray(test, np.float64).reshape(n, -1)
+    bad = ~np.isfinite(t).all(axis=1)
+    t = np.where(np.isfinite(t), t, 0.0)
+    noise = np.einsum("ij,ij->i", r - t, r - t)
+    noise[bad] = np.inf
+    same = (ref.argmax(axis=1) == test.argmax(axis=1)).astype(np.float64) if (
+        ref.ndim == 2 and ref.shape[1] > 1) else np.full(n, np.nan)
+    return {"signal": np.einsum("ij,ij->i", r, r), "noise": noise,
+            "cosine": per_sample_cosine(r, t), "same": same}
+
+
+def metric_of_samples(per_sample: Mapping[str, Mapping[str, np.ndarray]], metric: str,
+                      keep: Optional[np.ndarray] = None) -> float:
+    """``metric`` recomputed from per-sample terms, over the samples ``keep`` selects (all by
+    default): what :func:`trtkld.fidelity.metric_value` gives for the same samples."""
+    from trtkld.fidelity import sqnr_db
+
+    values = []
+    for terms in per_sample.values():
+        sel = slice(None) if keep is None else keep
+        if metric == "sqnr":
+            noise = float(np.sum(terms["noise"][sel]))
+            values.append(sqnr_db(float(np.sum(terms["signal"][sel])), noise)
+                          if math.isfinite(noise) else -math.inf)
+        elif metric == "cosine":
+            values.append(float(np.mean(terms["cosine"][sel])))
+        elif metric == "top1":
+            same = terms["same"][sel]
+            if not np.isnan(same).all():
+                return float(np.mean(same))
+    if metric == "top1" or not values:
+        return math.nan
+    return min(values)
+
+
+def jackknife_margin(a: Mapping, b: Mapping, metric: str) -> float:
+    """Jackknife standard error (over held-out samples) of ``metric(a) - metric(b)``."""
+    n = len(next(iter(next(iter(a.values())).values())))
+    if n < 2:
+        return math.nan
+    diffs = []
+    for i in range(n):
+        keep = np.ones(n, dtype=bool)
+        keep[i] = False
+        diffs.append(metric_of_samples(a, metric, keep) - metric_of_samples(b, metric, keep))
+    diffs = np.asarray(diffs)
+    if not np.all(np.isfinite(diffs)):
+        return math.nan
+    return float(np.sqrt((n - 1) / n * np.sum((diffs - diffs.mean()) ** 2)))
 
 
 def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool
@@ -503,10 +580,12 @@ def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed:
     return out
 
 
-def _score(label: str, records: Mapping[str, Any], metric: str) -> CandidateScore:
+def _score(label: str, measured: tuple[Mapping[str, Any], dict], metric: str) -> CandidateScore:
+    records, per_sample = measured
     top1 = metric_value(records, "top1")
     return CandidateScore(label, metric_value(records, "sqnr"), metric_value(records, "cosine"),
-                          None if math.isnan(top1) else top1, metric_value(records, metric))
+                          None if math.isnan(top1) else top1, metric_value(records, metric),
+                          per_sample=per_sample)
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -637,10 +716,17 @@ def output_measured_auto(
     for t in whole:
         r = full[tensor_rules[t]][t]
         results[t] = dataclasses.replace(r, method="auto", chosen_method=tensor_rules[t])
+    runner = max((sc for sc in scores.values() if sc.label != chosen
+                  and sc.duplicate_of != chosen), key=CandidateScore.key, default=None)
+    margin = margin_se = math.nan
+    if runner is not None:
+        margin = scores[chosen].score - runner.score
+        margin_se = jackknife_margin(scores[chosen].per_sample, runner.per_sample, metric)
     seconds["total"] = time.perf_counter() - started
     if not quiet:
         log.info("auto: %d Q/DQ runs on %d held-out samples", scorer.runs, scorer.samples)
     return AutoOutcome(results=results, chosen=chosen, metric=metric, scores=scores,
                        tensor_rules=tensor_rules, histograms=whole,
                        heldout_samples=scorer.samples, folds=k, seconds=seconds,
-                       options=options)
+                       options=options, runner_up=None if runner is None else runner.label,
+                       margin=margin, margin_se=margin_se)

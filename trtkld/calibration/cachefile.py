@@ -13,10 +13,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-import numpy as np
-
 from trtkld.cache import CalibrationCache, resolve_trt_version, sidecar, write_cache
 from trtkld.errors import CacheFormatError
+from trtkld.pipeline import results_to_cache
 from trtkld.search import SearchResult
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -35,10 +34,8 @@ def results_cache(
     ``trt_version`` None: the installed TensorRT's, else the default with a warning
     (:func:`trtkld.cache.resolve_trt_version`).
     """
-    return CalibrationCache.from_trt_version(
-        resolve_trt_version(trt_version), algorithm,
-        {name: np.float32(r.scale) for name, r in results.items()},
-    )
+    return results_to_cache(results, trt_version=resolve_trt_version(trt_version),
+                            algorithm=algorithm)
 
 
 def tensor_methods(method: str, results: Mapping[str, SearchResult]) -> dict[str, str]:

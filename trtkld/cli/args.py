@@ -331,6 +331,31 @@ class MethodArgs(ArgGroup):
         return options_for_methods(cls.search_options(args)) or None
 
 
+# ----------------------------------------------------------------------------- Q/DQ placement
+class QdqArgs(ArgGroup):
+    """``--op-types`` and ``--per-tensor-weights``: where Q/DQ goes and how weights are scaled."""
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        from trtkld.qdq import DEFAULT_OP_TYPES
+
+        parser.add_argument("--op-types", default=",".join(DEFAULT_OP_TYPES),
+                            help="op types whose inputs get Q/DQ (default: %(default)s)")
+        parser.add_argument("--per-tensor-weights", action="store_true",
+                            help="one scale per weight instead of per output channel")
+
+    @staticmethod
+    def op_types(args: argparse.Namespace) -> list[str]:
+        """``--op-types`` as a list; CLIError when it names none."""
+        op_types = split_list(args.op_types, none_word=True)
+        if not op_types:
+            raise CLIError("--op-types is empty")
+        return op_types
+
+    @staticmethod
+    def per_channel(args: argparse.Namespace) -> bool:
+        return not args.per_tensor_weights
+
+
 # ----------------------------------------------------------------------------- cache header
 class CacheArgs(ArgGroup):
     """``--trt-version`` and ``--algorithm``: what a TensorRT cache header says."""
@@ -430,6 +455,53 @@ class RefineArgs(ArgGroup):
         try:
             return RefineOptions(max_tensors=args.refine_tensors, sweeps=args.refine_sweeps)
         except (TrtkldError, ValueError) as exc:
+            raise CLIError(str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------- output-measured auto
+class AutoArgs(ArgGroup):
+    """``--auto-by``, ``--metric``, ``--auto-folds``, ``--auto-heldout``,
+    ``--auto-no-per-tensor`` -> :class:`trtkld.calibration.auto.AutoOptions` (None with
+    ``--auto-by histogram``)."""
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(
+            "auto (output-measured)",
+            "--method auto writes the candidate rule (ppq, nvidia, modelopt, mse, max, "
+            "percentile 99.99/99.999, per-tensor histogram SQNR, ONNX Runtime's entropy and "
+            "percentile, or a per-tensor mix chosen at each consumer op's output) whose Q/DQ "
+            "model is most faithful to FP32 on calibration samples held out from the "
+            "histograms. The sidecar lists every candidate's held-out score.",
+        )
+        group.add_argument("--auto-by", choices=["output", "histogram"], default="output",
+                           help="output: measured output fidelity (above); histogram: each "
+                           "tensor gets the rule with the best histogram SQNR, no model output "
+                           "measured (the only choice from saved histograms) (default: "
+                           "%(default)s)")
+        group.add_argument("--metric", choices=["sqnr", "top1", "cosine"],
+                           help="what auto maximises on held-out calibration samples (default: "
+                           "top1 for a classifier-shaped [N, C] first output, else sqnr; ties "
+                           "broken by output SQNR)")
+        group.add_argument("--auto-folds", type=int, default=3, metavar="K",
+                           help="held-out folds of the calibration batches (default: "
+                           "%(default)s)")
+        group.add_argument("--auto-heldout", type=int, default=16, metavar="N",
+                           help="calibration samples auto scores each candidate on (at most; "
+                           "default: %(default)s)")
+        group.add_argument("--auto-no-per-tensor", action="store_true",
+                           help="do not try the per-tensor (consumer-output) mix")
+
+    @staticmethod
+    def parse(args: argparse.Namespace):
+        from trtkld.calibration.auto import AutoOptions
+        from trtkld.errors import DataError
+
+        if args.auto_by == "histogram":
+            return None
+        try:
+            return AutoOptions(folds=args.auto_folds, heldout=args.auto_heldout,
+                               metric=args.metric, per_tensor=not args.auto_no_per_tensor)
+        except DataError as exc:
             raise CLIError(str(exc)) from exc
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from trtkld.cli.args import (
+    AutoArgs,
     CacheArgs,
     DataArgs,
     GuardArgs,
@@ -20,7 +21,6 @@ from trtkld.cli.args import (
     add_groups,
     model_and_data,
 )
-from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import CLIError, QualityError
 from trtkld.cli.keepfloat import KeepFloatArgs
 from trtkld.cli.summary import format_guard, format_summary
@@ -53,6 +53,7 @@ DATA = DataArgs()
 METHODS = MethodArgs("ppq")
 CACHE = CacheArgs()
 GUARD = GuardArgs()
+AUTO = AutoArgs()
 SCALEOUT = ScaleOutArgs()
 REFINE = RefineArgs(
     "with --method auto: refine auto's per-tensor methods by the model's output SQNR on "
@@ -131,8 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="summary table: 'short' lists the 40 most clipped / disagreeing tensors, "
         "'full' every tensor (default: %(default)s)",
     )
-    add_auto_arguments(parser)
-    add_groups(parser, GUARD, REFINE, KEEP_FLOAT, SCALEOUT, QuietArgs())
+    add_groups(parser, GUARD, REFINE, AUTO, KEEP_FLOAT, SCALEOUT, QuietArgs())
     parser.set_defaults(func=run)
 
 
@@ -255,7 +255,7 @@ def _auto_options(args: argparse.Namespace, methods: list[str], refine, histogra
         raise CLIError("--method auto chooses each tensor's rule itself; drop --tensor-method")
     if args.ranges_from:
         raise CLIError("--method auto collects its own held-out folds; drop --ranges-from")
-    return auto_options_from_args(args)
+    return AUTO.parse(args)
 
 
 def _refine_options(args: argparse.Namespace, methods: list[str]):

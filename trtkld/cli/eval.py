@@ -6,16 +6,17 @@ import os
 import sys
 
 from trtkld.cli.args import (
+    AutoArgs,
     DataArgs,
     GuardArgs,
     MethodArgs,
     ModelArgs,
+    QdqArgs,
     QuietArgs,
     RefineArgs,
     model_and_data,
     split_list,
 )
-from trtkld.cli.auto_args import add_auto_arguments, auto_options_from_args
 from trtkld.cli.common import CLIError, QualityError
 from trtkld.cli.keepfloat import SensitivityArgs
 from trtkld.search.registry import METHODS as REGISTERED
@@ -46,6 +47,8 @@ DATA = DataArgs()
 METHODS = MethodArgs(ALL_METHODS)
 STRICT = GuardArgs(limits=False,
                    strict_help="exit with status 1 when a trtkld method is DESTRUCTIVE")
+AUTO = AutoArgs()
+QDQ = QdqArgs()
 REFINE = RefineArgs(
     "add an 'auto+refine' row: auto's per-tensor methods refined by the model's output SQNR on "
     "calibration samples held out from the histograms (2-fold cross-fitting; never "
@@ -56,8 +59,6 @@ SENSITIVITY = SensitivityArgs()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from trtkld.cache import DEFAULT_TRT_VERSION
-
     parser = subparsers.add_parser(
         "eval",
         help="compare the INT8 (Q/DQ) fidelity of every method and ONNX Runtime's calibrators",
@@ -85,13 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ONNX Runtime calibrators to compare against (comma-separated; 'none' for none; "
         "default: %(default)s)",
     )
-    parser.add_argument(
-        "--op-types",
-        default="Conv,ConvTranspose,Gemm,MatMul",
-        help="op types whose inputs get Q/DQ (default: %(default)s)",
-    )
-    parser.add_argument("--per-tensor-weights", action="store_true",
-                        help="one scale per weight instead of per output channel")
+    QDQ.add_to(parser)
     parser.add_argument("--floor-db", type=float, default=10.0,
                         help="output SQNR below this is DESTRUCTIVE (default: %(default)s)")
     parser.add_argument("--margin-db", type=float, default=10.0,
@@ -109,9 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     REFINE.add_to(parser)
     SENSITIVITY.add_to(parser)
     parser.add_argument("--trt-version", default=None,
-                        help="TensorRT version for the cache scale rules (default: "
-                        f"{DEFAULT_TRT_VERSION})")
-    add_auto_arguments(parser)
+                        help="TensorRT version recorded in the report (eval writes no cache; "
+                        "the scales do not depend on it)")
+    AUTO.add_to(parser)
     QuietArgs().add_to(parser)
     parser.set_defaults(func=run)
 
@@ -139,16 +134,13 @@ def _add_to_json(path: str, key: str, value) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trtkld.cache import DEFAULT_TRT_VERSION
     from trtkld.evaluate import evaluate, format_table, write_json
     from trtkld.evaluate.peers import resolve_peers
 
     methods = METHODS.parse(args)
     peers = split_list(args.peers, none_word=True)
     resolve_peers(peers)       # EvaluationError naming the unknown ones
-    op_types = split_list(args.op_types, none_word=True)
-    if not op_types:
-        raise CLIError("--op-types is empty")
+    op_types = QDQ.op_types(args)
     choice, calib_source, eval_source = _sources(args)
     model = choice.path
     refine = REFINE.parse(args)
@@ -156,9 +148,9 @@ def run(args: argparse.Namespace) -> int:
     evaluation = DATA.open(args, choice, eval_source)
     report = evaluate(
         model, calib, evaluation, methods, peers,
-        trt_version=args.trt_version or DEFAULT_TRT_VERSION,
+        trt_version=args.trt_version,
         op_types=op_types,
-        per_channel=not args.per_tensor_weights,
+        per_channel=QDQ.per_channel(args),
         floor_db=args.floor_db,
         margin_db=args.margin_db,
         method_options=METHODS.method_options(args),
@@ -169,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         calib_description=str(calib_source),
         eval_description=str(eval_source),
         refine=refine,
-        auto=auto_options_from_args(args),
+        auto=AUTO.parse(args),
     )
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(format_table(report, color=color, top_tensors=args.top_tensors))

@@ -5,7 +5,7 @@ import argparse
 import os
 import re
 
-from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs, add_groups, split_list
+from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QdqArgs, QuietArgs, add_groups
 from trtkld.cli.common import CLIError
 from trtkld.cli.keepfloat import KeepFloatNamesArgs
 
@@ -26,6 +26,7 @@ MODEL = ModelArgs(model_help="FP32 ONNX model (omit with --demo)",
                   demo_help="the demo model on calib_data/")
 DATA = DataArgs()
 METHODS = MethodArgs("ppq", single=True)
+QDQ = QdqArgs()
 KEEP_FLOAT = KeepFloatNamesArgs()
 
 
@@ -51,10 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="saved histograms (merged) searched with --method")
     add_groups(parser, DATA, METHODS)
     parser.add_argument("--out", "-o", help="output model (default: MODEL.int8.onnx)")
-    parser.add_argument("--op-types", default="Conv,ConvTranspose,Gemm,MatMul",
-                        help="op types whose inputs get Q/DQ (default: %(default)s)")
-    parser.add_argument("--per-tensor-weights", action="store_true",
-                        help="one scale per weight instead of per output channel")
+    QDQ.add_to(parser)
     add_groups(parser, KEEP_FLOAT, QuietArgs())
     parser.set_defaults(func=run)
 
@@ -95,14 +93,12 @@ def run(args: argparse.Namespace) -> int:
     from trtkld.qdq import write_qdq_model
 
     choice = MODEL.parse(args)
-    op_types = split_list(args.op_types)
-    if not op_types:
-        raise CLIError("--op-types is empty")
+    op_types = QDQ.op_types(args)
     scales = _scales(args, choice, op_types)
     keep = KEEP_FLOAT.parse(args, choice.path, op_types, cache=args.cache)
     out = args.out or ("demo.int8.onnx" if args.demo
                        else f"{os.path.splitext(choice.path)[0]}.int8.onnx")
     summary = write_qdq_model(choice.path, scales, out, op_types=op_types,
-                              per_channel=not args.per_tensor_weights, keep_float=keep)
+                              per_channel=QDQ.per_channel(args), keep_float=keep)
     print(summary.describe())
     return 0

@@ -110,14 +110,23 @@ def _single_samples(feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str
 def _chunks(
     feeds: Iterable[dict[str, np.ndarray]], samples_per_chunk: int
 ) -> Iterator[list[dict[str, np.ndarray]]]:
-    chunk: list[dict[str, np.ndarray]] = []
+    """One-sample feeds in chunks of at most ``samples_per_chunk`` samples OF ONE SHAPE.
+
+    ORT's histogram calibrators stack a call's outputs into one array, which fails when inputs
+    differ in shape (a recognizer's text lines of several widths); samples are grouped by input
+    shape (first appearance order), and ORT merges the calls' histograms itself.
+    """
+    groups: dict[tuple, list[dict[str, np.ndarray]]] = {}
     for feed in _single_samples(feeds):
+        key = tuple((k, v.shape) for k, v in feed.items())
+        chunk = groups.setdefault(key, [])
         chunk.append(feed)
         if len(chunk) >= samples_per_chunk:
             yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+            groups[key] = []
+    for chunk in groups.values():
+        if chunk:
+            yield chunk
 
 
 def peer_scales(

@@ -100,7 +100,7 @@ class EvalReport:
     eval_data: str
     num_calib_samples: int
     num_eval_samples: int
-    trt_version: str
+    trt_version: Optional[str]      # recorded only: Q/DQ scales do not depend on it
     op_types: tuple[str, ...]
     per_channel: bool
     floor_db: float
@@ -157,7 +157,6 @@ def trtkld_candidates(
     calib_data: CalibrationData,
     methods: Sequence[str],
     *,
-    trt_version: str,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
     quiet: bool = False,
@@ -199,7 +198,7 @@ def trtkld_candidates(
     outcomes = {}
     if methods:
         hists, outcomes = calibrate(
-            model, calib_data, list(methods), trt_version=trt_version, quiet=quiet,
+            model, calib_data, list(methods), quiet=quiet,
             method_options=method_options, include=include, histograms=hists,
         )
     out = []
@@ -217,7 +216,7 @@ def trtkld_candidates(
         out.append(Candidate(
             name=method,
             kind="trtkld",
-            scales={n: np.float32(s) for n, s in outcome.cache.scales.items()},
+            scales={n: np.float32(r.scale) for n, r in outcome.results.items()},
             description=f"trtkld {method}",
             guard_notes=_guard_notes(hists, outcome.results),
         ))
@@ -353,7 +352,7 @@ def evaluate(
     methods: Sequence[str],
     peers: Sequence[str] = tuple(PEERS),
     *,
-    trt_version: str,
+    trt_version: Optional[str] = None,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     per_channel: bool = True,
     floor_db: float = DEFAULT_FLOOR_DB,
@@ -371,8 +370,9 @@ def evaluate(
     """Calibrate with every method and peer, and measure each INT8 model against FP32.
 
     ``refine``: :class:`trtkld.calibration.refine.RefineOptions` to add the ``auto+refine`` row.
+    ``trt_version`` is only recorded in the report (no cache is written).
     """
-    candidates = trtkld_candidates(model, calib_data, methods, trt_version=trt_version,
+    candidates = trtkld_candidates(model, calib_data, methods,
                                    op_types=op_types, method_options=method_options, quiet=quiet,
                                    refine=refine, per_channel=per_channel, auto=auto)
     candidates += peer_candidates(model, calib_data, peers, op_types=op_types,

@@ -43,70 +43,80 @@ _EPS = 1e-4
 
 
 @njit(cache=True)
-def _smoothed(p):  # pragma: no cover - numba
-    """ORT's smooth_distribution on counts ``p`` (float64), normalised; None-equivalent: an
-    empty array when p is all zero."""
-    n = p.size
-    zeros = 0
-    for j in range(n):
-        if p[j] == 0:
-            zeros += 1
-    nonzeros = n - zeros
-    if nonzeros == 0:
-        return np.empty(0)
-    eps1 = _EPS * zeros / nonzeros
-    out = np.empty(n)
-    total = 0.0
-    for j in range(n):
-        out[j] = _EPS if p[j] == 0 else p[j] - eps1
-        total += out[j]
-    for j in range(n):
-        out[j] /= total
-    return out
-
-
-@njit(cache=True)
 def _entropy_curve(hist, num_quantized_bins):  # pragma: no cover - numba
+    """KL of every window (module docstring), one fused pass per window: prefix sums give
+    each window's outliers, each merged bin's mass and its count of nonzero ``p`` bins, and
+    the smoothing's normalisers are known in closed form (smoothing keeps ``sum(p)``)."""
     b = hist.size
     zero = b // 2
     half_q = num_quantized_bins // 2
-    count = zero - half_q + 1
-    kl = np.full(count, np.inf)
+    kl = np.full(zero - half_q + 1, np.inf)
     cum = np.zeros(b + 1, dtype=np.int64)
+    nzc = np.zeros(b + 1, dtype=np.int64)
     for j in range(b):
         cum[j + 1] = cum[j] + hist[j]
+        nzc[j + 1] = nzc[j] + (1 if hist[j] != 0 else 0)
+    total = cum[b]
+    qval = np.zeros(num_quantized_bins)
     for i in range(half_q, zero + 1):
         start = zero - i
         end = min(zero + i + 1, b)
         size = end - start
-        p = np.empty(size)
-        for j in range(size):
-            p[j] = hist[start + j]
-        p[0] += cum[start]
-        p[size - 1] += cum[b] - cum[end]
+        first = hist[start] + cum[start]             # p[0]: the left outliers added
+        last = hist[end - 1] + (total - cum[end])   # p[-1]: the right outliers added
+
+        nz_p = (nzc[end] - nzc[start] - (1 if hist[start] != 0 else 0)
+                - (1 if hist[end - 1] != 0 else 0) + (1 if first != 0 else 0)
+                + (1 if last != 0 else 0))
+        if nz_p == 0:
+            continue
         merged = size // num_quantized_bins
-        q = np.zeros(size)
+        q_sum = 0.0
+        nz_q = 0
         for k in range(num_quantized_bins):
             lo = start + k * merged
             hi = lo + merged
-            total = cum[hi] - cum[lo]
+            mass = cum[hi] - cum[lo]
             if k == num_quantized_bins - 1:
-                total += cum[end] - cum[hi]
-            norm = 0
-            for j in range(k * merged, k * merged + merged):
-                if p[j] != 0:
-                    norm += 1
-            if norm != 0:
-                value = np.floor(total / norm)     # int64 storage truncates (total >= 0)
-                for j in range(k * merged, k * merged + merged):
-                    q[j] = value
-        ps = _smoothed(p)
-        qs = _smoothed(q)
-        if ps.size == 0 or qs.size == 0:
+                mass += cum[end] - cum[hi]               # the remainder joins the last bin
+            norm = nzc[hi] - nzc[lo]
+            if lo == start:
+                norm += (1 if first != 0 else 0) - (1 if hist[start] != 0 else 0)
+            if lo <= end - 1 < hi:
+                norm += (1 if last != 0 else 0) - (1 if hist[end - 1] != 0 else 0)
+            v = np.floor(mass / norm) if norm != 0 else 0.0   # int64 storage truncates
+            qval[k] = v
+            q_sum += v * merged
+            if v != 0.0:
+                nz_q += merged
+        if nz_q == 0:
             continue
+        eps1_p = _EPS * (size - nz_p) / nz_p
+        eps1_q = _EPS * (size - nz_q) / nz_q
+        # A bin with p = q = 0 adds the same term everywhere: count those, loop over the rest.
+        zero_term = (_EPS / total) * math.log((_EPS / total) / (_EPS / q_sum))
         d = 0.0
-        for j in range(size):
-            d += ps[j] * math.log(ps[j] / qs[j])
+        for k in range(num_quantized_bins + 1):
+            lo = start + k * merged
+            hi = lo + merged if k < num_quantized_bins else end
+            qj = qval[k] if k < num_quantized_bins else 0.0   # beyond Q * merged: q stays 0
+            if qj == 0.0 and cum[hi] == cum[lo] and lo != start and hi != end:
+                d += (hi - lo) * zero_term            # no mass, no outlier end: all p = 0
+                continue
+            qs = (qj - eps1_q if qj != 0.0 else _EPS) / q_sum
+            p_zero = _EPS / total
+            zero_p_term = p_zero * math.log(p_zero / qs)
+            for j in range(max(lo, start + 1), min(hi, end - 1)):   # the ends come below
+                pj = hist[j]
+                if pj == 0:
+                    d += zero_p_term
+                else:
+                    ps = (pj - eps1_p) / total
+                    d += ps * math.log(ps / qs)
+            for j, pj in ((start, first), (end - 1, last)):
+                if lo <= j < hi:
+                    ps = (pj - eps1_p if pj != 0 else _EPS) / total
+                    d += ps * math.log(ps / qs)
         kl[i - half_q] = d
     return kl
 

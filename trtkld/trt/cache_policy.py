@@ -125,9 +125,12 @@ def write_calibration(
     """
     from trtkld.calibration import calibrate
 
+    # auto=None: the calibrator's ``auto`` is the per-tensor histogram-SQNR rule (as before the
+    # output-measured auto). That one needs weighted ops to measure and records how it measured
+    # in the sidecar options, so its cache would never match the request on the next build.
     cal = calibrate(
         request.onnx, data, [request.method], include=include, exclude=exclude, quiet=quiet,
-        histograms=histograms, collector=request.collector, **dict(request.options),
+        histograms=histograms, collector=request.collector, auto=None, **dict(request.options),
     )
     written = cal.write_cache(request.cache_file, request.method,
                               trt_version=request.trt_version, algorithm=request.algorithm)
