@@ -6,6 +6,7 @@ and shut down at the end. The oracle is always the one-process pipeline on the s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -57,7 +58,8 @@ def six_images(tmp_path_factory) -> Path:
 def one_process(six_images):
     """``trtkld.calibrate`` in this process with every method (the oracle)."""
     data = _demo_data(six_images, batch_size=2)
-    return trtkld.calibrate(str(demo_model_path()), data, available_methods(), quiet=True)
+    return trtkld.calibrate(str(demo_model_path()), data, available_methods(), quiet=True,
+                            auto=None)
 
 
 def _written(cal, folder: Path) -> dict[str, bytes]:
@@ -103,14 +105,25 @@ def test_shard_work_merges_to_the_one_process_histograms(six_images, one_process
 def test_ray_caches_are_byte_identical_for_every_method(ray_cluster, six_images, one_process,
                                                         shards, tmp_path):
     data = _demo_data(six_images, batch_size=2)
+    # auto=None: auto's per-tensor histogram rule (the output-measured auto runs its own,
+    # unsharded collection and is refused with executor="ray", see below)
     cal = trtkld.calibrate(str(demo_model_path()), data, available_methods(), quiet=True,
-                           executor="ray", shards=shards)
+                           executor="ray", shards=shards, auto=None)
     assert cal.histograms == one_process.histograms
     expected = _written(one_process, tmp_path / "one")
     found = _written(cal, tmp_path / "ray")
     assert len(found) == 2 * len(available_methods())
     for name, content in expected.items():
         assert found[name] == content, name
+
+
+def test_ray_refuses_the_output_measured_auto(six_images):
+    from trtkld.scaleout import ScaleOutError
+
+    data = _demo_data(six_images, batch_size=2)
+    with pytest.raises(ScaleOutError, match="--auto-by histogram"):
+        trtkld.calibrate(str(demo_model_path()), data, ["ppq", "auto"], quiet=True,
+                         executor="ray", shards=2)
 
 
 def test_ray_fixed_batch_with_padding_and_given_ranges(ray_cluster, six_images, tmp_path):
@@ -142,7 +155,9 @@ def test_ray_cli_writes_the_same_cache_with_one_progress_bar(ray_cluster, six_im
     assert main(common + ["--ray", "local", "--shards", "3",
                           "--out", str(tmp_path / "ray.{method}.cache")]) == 0
     err = capsys.readouterr().err
-    assert "ray pass 2/2 (histograms)" in err and "6/6" in err   # 3 shards x 2 passes
+    # one bar of 3 shards x 2 passes, renamed per pass (tqdm may skip drawing the last step)
+    assert "ray pass 1/2 (absmax)" in err and "ray pass 2/2 (histograms)" in err
+    assert set(re.findall(r"\d+/(\d+) \[", err)) == {"6"}
     for method in ("ppq", "nvidia"):
         assert (tmp_path / f"ray.{method}.cache").read_bytes() == \
             (tmp_path / f"one.{method}.cache").read_bytes()
