@@ -222,8 +222,7 @@ class AutoOutcome:
 
     def describe(self) -> str:
         best = self.scores[self.chosen]
-        runner = max((s for s in self.scores.values() if s.label != self.chosen),
-                     key=CandidateScore.key, default=None)
+        runner = self.scores.get(self.runner_up) if self.runner_up else None
         text = (f"auto chose {self.chosen} by held-out {self.metric} ({self.heldout_samples} "
                 f"calibration samples, {self.folds} folds): {_fmt(best.score)}"
                 f" (output SQNR {best.sqnr_db:.2f} dB)")
@@ -657,7 +656,9 @@ def output_measured_auto(
     quantizable = quantizable_activations(model, op_types)
     if not quantizable:
         raise ModelError(f"model {model}: no input of {', '.join(op_types)} to measure auto on")
-    k = options.folds
+    # Folds are batches: with fewer batches than folds (but at least 2) use one fold per
+    # batch rather than re-running the model one sample at a time.
+    k = options.folds if not 2 <= len(data) < options.folds else len(data)
     per_fold = max(1, math.ceil(options.heldout / k))
     probe_tensors = quantizable if options.per_tensor else []
     folded = collect_folded(model, data, folds=k, num_bins=AUTO_BINS,
