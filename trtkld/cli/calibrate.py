@@ -185,7 +185,6 @@ def run(args: argparse.Namespace) -> int:
     search_options = METHODS.search_options(args)
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
-    trt_version = CACHE.trt_version(args)
     executor = SCALEOUT.parse(args)
 
     histograms = None
@@ -209,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
         model, data = choice.path, DATA.open(args, choice, source)
         # Before any collection: no output may be the model, a data file or another output.
         _check_outputs(args, outputs, model=model, data=data)
+    # After the inputs are known good (no version warning before a usage error), before the
+    # long collection (a bad --trt-version fails fast).
+    trt_version = CACHE.trt_version(args)
 
     hist_max = None
     if args.ranges_from:

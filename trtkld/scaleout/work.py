@@ -12,7 +12,7 @@ from typing import Optional
 from trtkld.collect import OnnxRuntimeCollector
 from trtkld.data import CalibrationData
 from trtkld.errors import HistogramError
-from trtkld.histogram import AbsmaxTracker, HistogramSet
+from trtkld.histogram import AbsmaxTracker, HistogramSet, preload_kernels
 
 # Packages whose version can change the numbers (decoding, preprocessing, the model run,
 # binning); driver and workers must agree for the result to equal a one-process run.
@@ -46,6 +46,9 @@ class CollectJob:
     exclude: Optional[tuple[str, ...]] = None
 
     def collector(self) -> OnnxRuntimeCollector:
+        """The model in ONNX Runtime, every selected tensor exposed (numba's kernels load on a
+        background thread meanwhile, as in one process)."""
+        preload_kernels()
         return OnnxRuntimeCollector(self.model, include=self.include, exclude=self.exclude)
 
 
@@ -72,7 +75,9 @@ def shard_ranges(job: CollectJob, data: CalibrationData) -> ShardRanges:
     collector = job.collector()
     tracker = AbsmaxTracker(collector.tensor_names)
     for batch in data:
-        tracker.update_many(collector.run(batch))
+        activations = collector.run(batch)
+        tracker.update_many(activations)
+        del activations  # binned: free it before the next batch's outputs are allocated
     # tensor_names after the first run: tensors whose type was unknown may have been dropped
     names = tuple(n for n in collector.tensor_names if n in tracker)
     return ShardRanges(names, tracker, package_versions())
@@ -119,12 +124,15 @@ def shard_histograms(
             {n: float(hist_max[n]) for n in collector.tensor_names}, job.num_bins
         )
         for batch in data:
-            hists.update_many(collector.run(batch))
+            activations = collector.run(batch)
+            hists.update_many(activations)
+            del activations
         return hists
     hists = HistogramSet.from_absmax({n: hist_max[n] for n in names}, job.num_bins)
     for batch in data:
         activations = collector.run(batch)
         hists.update_many({n: activations[n] for n in names})
+        del activations
     return hists
 
 
