@@ -16,13 +16,16 @@ One histogram collection (two model passes, as ``calibrate`` does):
   thresholds are searched on them and never exceed the training folds' own absmax (the shared
   range must not leak fold ``f``'s extremes into, e.g., ``max``).
 
-Scoring: the first ``heldout`` real samples (spread over the folds) are kept from pass 2; each
-candidate's INT8 model runs on every held-out sample of fold ``f`` with its fold-``f``
-thresholds (one Q/DQ session whose scales are fed per run). The score is ``metric`` over all
-held-out samples: top-1 agreement for classifier-shaped outputs (``[N, C]``, ties broken by
-output SQNR), else the worst output's SQNR (or mean cosine). The best candidate wins; ties go to
-the earlier candidate. A candidate is thus chosen only if it beats, held out, every rule it
-competes with, including ONNX Runtime's own rules reimplemented on the same histograms.
+Scoring: the first ``heldout`` real samples (spread over the folds) are kept from pass 2; a
+candidate's INT8 model runs on held-out samples of fold ``f`` with its fold-``f`` thresholds
+(one Q/DQ session whose scales are fed per run). Two rounds: every candidate on the first third
+of each fold's held-out samples, then the ``FINALISTS`` best (distinct thresholds) on all of
+them; a candidate left out scored below every finalist on the first round's samples. The score
+is ``metric`` over the held-out samples: top-1 agreement for classifier-shaped outputs
+(``[N, C]``, ties broken by output SQNR), else the worst output's SQNR (or mean cosine). The
+best candidate wins; ties go to the earlier candidate. A candidate is thus chosen only if it
+beats, held out, every rule it competes with, including ONNX Runtime's own rules reimplemented
+on the same histograms.
 
 Candidates (``candidate_rules``): the registry's auto candidates (max, percentile 99.99 and
 99.999, ppq, nvidia, modelopt, mse), the per-tensor best-histogram-SQNR rule, ORT's entropy
@@ -50,14 +53,11 @@ from trtkld.data import CalibrationData
 from trtkld.errors import DataError, ModelError
 from trtkld.fidelity import (
     METRICS,
-    OutputAccumulator,
     ScaleFeedSession,
     batch_limit,
     chunk_samples,
     is_classifier_output,
-    metric_value,
     ort_session,
-    output_records,
     real_rows,
 )
 from trtkld.histogram import AbsmaxTracker, HistogramSet
@@ -78,6 +78,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 PER_TENSOR = "per-tensor"
 HIST_AUTO = "hist-sqnr"
 AUTO_BINS = 4096          # ppq's resolution; every other rule rebins it exactly
+FINALISTS = 3             # rules scored on every held-out sample (round 2)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ class AutoOptions:
     folds: held-out folds of the calibration batches (>= 2). 3: a rule's fold thresholds
         come from 2/3 of the data, close to what it does on all of it, at a search cost of
         one search per fold (scoring costs the same for any number of folds).
-    heldout: calibration samples scored (at most; spread evenly over the folds).
+    heldout: calibration samples scored (at most; spread evenly over the folds). Every rule
+        runs on the first third of each fold's, the FINALISTS best on all of them: with 8,
+        about 5 runs per rule, which keeps auto within 5x of a plain calibration.
     metric: ``sqnr`` | ``top1`` | ``cosine``; None = top1 for a classifier-shaped first
         output, else sqnr.
     per_tensor: also try the per-tensor consumer-output choice.
@@ -133,7 +136,7 @@ class AutoOptions:
     """
 
     folds: int = 3
-    heldout: int = 16
+    heldout: int = 8
     metric: Optional[str] = None
     per_tensor: bool = True
     probe_samples: int = 1
@@ -159,6 +162,8 @@ class CandidateScore:
     score: float                       # the chosen metric
     duplicate_of: Optional[str] = None  # same thresholds in every fold as this earlier one
     per_sample: Optional[dict] = field(default=None, repr=False, compare=False)
+    samples: int = 0                    # held-out samples behind the score
+    round1: Optional[CandidateScore] = field(default=None, repr=False, compare=False)
 
     def key(self) -> tuple[float, float]:
         def finite(v: float) -> float:
@@ -169,7 +174,7 @@ class CandidateScore:
         def num(v):
             return None if v is None or not math.isfinite(v) else round(float(v), 6)
         doc = {"score": num(self.score), "sqnr_db": num(self.sqnr_db),
-               "cosine": num(self.cosine), "top1": num(self.top1)}
+               "cosine": num(self.cosine), "top1": num(self.top1), "samples": self.samples}
         if self.duplicate_of:
             doc["same_thresholds_as"] = self.duplicate_of
         return doc
@@ -470,14 +475,22 @@ class HeldoutScorer:
         fp32 = ort_session(model, quantized=False)
         self.output_names = self.session.output_names
         size, fixed = batch_limit(input_specs_from_onnx(model))
-        self.chunks = [_shape_chunks(fold, size, fixed) for fold in heldout]
-        self.references = [[[real_outputs(y, feeds, real)
-                             for y in fp32.run(self.output_names, feeds)]
-                            for feeds, real in fold] for fold in self.chunks]
+        # Two parts per fold: the first third of its held-out samples (round 1, every
+        # candidate) and the rest (round 2, the finalists only).
+        cut = [max(1, math.ceil(len(fold) / 3)) for fold in heldout]
+        self.parts = [[list(fold[:c]) for fold, c in zip(heldout, cut)],
+                      [list(fold[c:]) for fold, c in zip(heldout, cut)]]
+        self.part_samples = [sum(len(f) for f in part) for part in self.parts]
+        self.chunks = [[_shape_chunks(fold, size, fixed) for fold in part]
+                       for part in self.parts]
+        self.references = [[[[real_outputs(y, feeds, real)
+                              for y in fp32.run(self.output_names, feeds)]
+                             for feeds, real in fold] for fold in part]
+                           for part in self.chunks]
         self.samples = sum(len(f) for f in heldout)
-        first = self.references[0][0] if self.references and self.references[0] else []
+        first = next((y for part in self.references for fold in part for y in fold), [])
         self.classifier = bool(first) and is_classifier_output(tuple(first[0].shape))
-        self._cache: dict[tuple, dict[str, Any]] = {}
+        self._cache: dict[tuple, dict[str, dict[str, np.ndarray]]] = {}
         self.runs = 0
 
     def default_metric(self) -> str:
@@ -488,29 +501,35 @@ class HeldoutScorer:
         return tuple(np.asarray([np.float32(s[t]) for t in self.tensors], np.float32).tobytes()
                      for s in fold_scales)
 
-    def outputs(self, fold_scales: Sequence[Mapping[str, float]]
-                ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-        """Per-output records (sqnr_db, cosine, top1_agreement) over every held-out sample,
-        and the per-sample terms they sum (:func:`sample_terms`)."""
-        key = self.key_of(fold_scales)
+    def terms(self, fold_scales: Sequence[Mapping[str, float]], part: int
+              ) -> dict[str, dict[str, np.ndarray]]:
+        """Per-sample terms (:func:`sample_terms`) of every held-out sample of ``part`` (0:
+        round 1, 1: the rest), each fold's samples with that fold's scales."""
+        key = (self.key_of(fold_scales), part)
         if key in self._cache:
             return self._cache[key]
-        accs = {o: OutputAccumulator(o) for o in self.output_names}
         terms: dict[str, list] = {o: [] for o in self.output_names}
         for fold, scales in enumerate(fold_scales):
-            for (feeds, real), ref in zip(self.chunks[fold], self.references[fold]):
+            for (feeds, real), ref in zip(self.chunks[part][fold],
+                                          self.references[part][fold]):
                 got = self.session.run(feeds, scales)
                 self.runs += 1
                 for o, y, q in zip(self.output_names, ref, got):
                     q = real_outputs(q, feeds, real)
-                    accs[o].update(y, q)
                     per_row = y.ndim and y.shape[0] == real     # else the run is one sample
                     terms[o].append(sample_terms(y, q, real if per_row else 1))
-        per_sample = {o: {k: np.concatenate([t[k] for t in parts]) for k in parts[0]}
-                      for o, parts in terms.items()}
-        out = (output_records(accs), per_sample)
+        out = {o: {k: np.concatenate([t[k] for t in parts]) for k in parts[0]} if parts
+               else {} for o, parts in terms.items()}
         self._cache[key] = out
         return out
+
+
+def join_terms(*parts: Mapping[str, Mapping[str, np.ndarray]]
+               ) -> dict[str, dict[str, np.ndarray]]:
+    """Per-sample terms of several sample sets, concatenated (empty sets skipped)."""
+    parts = [p for p in parts if p and all(p.values())]
+    return {o: {k: np.concatenate([p[o][k] for p in parts]) for k in parts[0][o]}
+            for o in parts[0]}
 
 
 def real_outputs(y: np.ndarray, feeds: Mapping[str, np.ndarray], real: int) -> np.ndarray:
@@ -594,12 +613,14 @@ def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed:
     return out
 
 
-def _score(label: str, measured: tuple[Mapping[str, Any], dict], metric: str) -> CandidateScore:
-    records, per_sample = measured
-    top1 = metric_value(records, "top1")
-    return CandidateScore(label, metric_value(records, "sqnr"), metric_value(records, "cosine"),
-                          None if math.isnan(top1) else top1, metric_value(records, metric),
-                          per_sample=per_sample)
+def _score(label: str, per_sample: dict, metric: str) -> CandidateScore:
+    top1 = metric_of_samples(per_sample, "top1")
+    n = len(next(iter(next(iter(per_sample.values())).values())))
+    return CandidateScore(label, metric_of_samples(per_sample, "sqnr"),
+                          metric_of_samples(per_sample, "cosine"),
+                          None if math.isnan(top1) else top1,
+                          metric_of_samples(per_sample, metric), per_sample=per_sample,
+                          samples=n)
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -672,17 +693,36 @@ def output_measured_auto(
                            {t: fold_results[0][rules[0].label][t].scale for t in usable},
                            folded.heldout, op_types=op_types, per_channel=per_channel)
     metric = options.metric or scorer.default_metric()
+    # Round 1: every rule on the first third of each fold's held-out samples. Round 2: the
+    # FINALISTS best of them (distinct thresholds) on every held-out sample; the winner is the
+    # best finalist. Any rule left out scored below every finalist on round 1's samples.
+    fold_scales_of = {rule.label: [{t: fr[rule.label][t].scale for t in scorer.tensors}
+                                   for fr in fold_results] for rule in rules}
     scores: dict[str, CandidateScore] = {}
     seen: dict[tuple, str] = {}
     for rule in rules:
-        fold_scales = [{t: fr[rule.label][t].scale for t in scorer.tensors}
-                       for fr in fold_results]
-        key = scorer.key_of(fold_scales)
-        score = _score(rule.label, scorer.outputs(fold_scales), metric)
+        key = scorer.key_of(fold_scales_of[rule.label])
+        score = _score(rule.label, scorer.terms(fold_scales_of[rule.label], 0), metric)
         score.duplicate_of = seen.get(key)
         seen.setdefault(key, rule.label)
         scores[rule.label] = score
-    best_single = max(scores.values(), key=CandidateScore.key)   # the first of equal maxima
+    ranked = sorted((sc for sc in scores.values() if sc.duplicate_of is None),
+                    key=CandidateScore.key, reverse=True)      # stable: earlier rule first
+    finalists = [sc.label for sc in ranked[:FINALISTS]]
+
+    def full_score(label: str, fold_scales) -> CandidateScore:
+        first = scorer.terms(fold_scales, 0)
+        full = _score(label, join_terms(first, scorer.terms(fold_scales, 1)), metric)
+        full.round1 = _score(label, first, metric)
+        return full
+
+    for label in finalists:
+        scores[label] = full_score(label, fold_scales_of[label])
+    for label, sc in scores.items():
+        if sc.duplicate_of in finalists:
+            scores[label] = dataclasses.replace(scores[sc.duplicate_of], label=label,
+                                                duplicate_of=sc.duplicate_of)
+    best_single = max((scores[label] for label in finalists), key=CandidateScore.key)
     seconds["score"] = time.perf_counter() - t0
 
     tensor_rules = {t: best_single.label for t in whole}
@@ -703,19 +743,21 @@ def output_measured_auto(
                     if room > 0:
                         train_samples.setdefault(t, []).extend(xs[:room])
             cands = {label: {t: fold_results[f][label][t].scale for t in scorer.tensors}
-                     for label in scores}
+                     for label in finalists}          # the mix draws from the finalists
             pick = choose_per_tensor(probe, train_samples, cands, best_single.label)
             fold_scales.append({t: cands[pick[t]][t] for t in scorer.tensors})
-        score = _score(PER_TENSOR, scorer.outputs(fold_scales), metric)
+        score = full_score(PER_TENSOR, fold_scales)
         scores[PER_TENSOR] = score
         if score.key() > best_single.key():
             all_samples: dict[str, list[np.ndarray]] = {}
             for g in range(k):
                 for t, xs in folded.probes[g].items():
                     all_samples.setdefault(t, []).extend(xs)
-            whole_q = apply_rules(rules, whole, whole_signed, scorer.tensors, method_options)
+            by_label = {r.label: r for r in rules}
+            whole_q = apply_rules([by_label[label] for label in finalists], whole, whole_signed,
+                                  scorer.tensors, method_options)
             cands = {label: {t: whole_q[label][t].scale for t in scorer.tensors}
-                     for label in whole_q}
+                     for label in finalists}
             pick = choose_per_tensor(probe, all_samples, cands, best_single.label)
             tensor_rules.update(pick)
             chosen = PER_TENSOR
@@ -730,8 +772,10 @@ def output_measured_auto(
     for t in whole:
         r = full[tensor_rules[t]][t]
         results[t] = dataclasses.replace(r, method="auto", chosen_method=tensor_rules[t])
-    runner = max((sc for sc in scores.values() if sc.label != chosen
-                  and sc.duplicate_of != chosen), key=CandidateScore.key, default=None)
+    full = [sc for sc in scores.values() if sc.samples == scorer.samples]
+    runner = max((sc for sc in full if sc.label != chosen and sc.duplicate_of != chosen
+                  and scores[chosen].duplicate_of != sc.label),
+                 key=CandidateScore.key, default=None)
     margin = margin_se = math.nan
     if runner is not None:
         margin = scores[chosen].score - runner.score

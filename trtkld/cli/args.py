@@ -490,9 +490,9 @@ class AutoArgs(ArgGroup):
         group.add_argument("--auto-folds", type=int, default=3, metavar="K",
                            help="held-out folds of the calibration batches (default: "
                            "%(default)s)")
-        group.add_argument("--auto-heldout", type=int, default=16, metavar="N",
-                           help="calibration samples auto scores each candidate on (at most; "
-                           "default: %(default)s)")
+        group.add_argument("--auto-heldout", type=int, default=8, metavar="N",
+                           help="held-out calibration samples (at most): every candidate runs "
+                           "on a third of them, the 3 best on all (default: %(default)s)")
         group.add_argument("--auto-no-per-tensor", action="store_true",
                            help="do not try the per-tensor (consumer-output) mix")
 
