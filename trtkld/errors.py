@@ -46,3 +46,7 @@ class OutputError(TrtkldError, OSError):
 class QdqCoverageError(ModelError):
     """A Q/DQ model would quantize no weighted op, or too few of them without being asked to
     leave any in float (e.g. weights that are not initializers, scales for another model)."""
+
+
+class OutputPathError(TrtkldError, ValueError):
+    """An output path would overwrite an input or another output, or cannot be written."""

@@ -183,16 +183,26 @@ def collect_histograms(
 
 
 def _warn_nonfinite(hists: HistogramSet) -> None:
-    for name, hist in hists.items():
-        if hist.num_nan + hist.num_posinf + hist.num_neginf:
-            logger.warning(
-                "tensor %r: %d NaN, %d +Inf, %d -Inf values were left out of its histogram",
-                name, hist.num_nan, hist.num_posinf, hist.num_neginf,
-            )
-        elif hist.hist_max == 0:
-            logger.warning(
-                "tensor %r: every value is zero; its scale is the all-zero fallback", name
-            )
+    """One warning line per kind (NaN/Inf values, all-zero tensors) with a count and the first
+    names; the full list is logged at DEBUG level (``-v`` on the command line)."""
+    nonfinite = [
+        f"{name!r} ({h.num_nan} NaN, {h.num_posinf} +Inf, {h.num_neginf} -Inf)"
+        for name, h in hists.items() if h.num_nan + h.num_posinf + h.num_neginf
+    ]
+    zero = [
+        repr(name) for name, h in hists.items()
+        if not (h.num_nan + h.num_posinf + h.num_neginf) and h.hist_max == 0
+    ]
+    for items, what in (
+        (nonfinite, "had NaN/Inf values, left out of their histograms"),
+        (zero, "are zero everywhere; their scales are the all-zero fallback"),
+    ):
+        if not items:
+            continue
+        shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+        logger.warning("%d tensor(s) %s: %s", len(items), what, shown)
+        for item in items:
+            logger.debug("tensor %s %s", item, what)
 
 
 def _compile_overrides(overrides: Optional[Mapping[str, str]]) -> list[tuple[re.Pattern, str]]:
@@ -340,6 +350,11 @@ def calibrate(
             memory_budget_bytes=memory_budget_bytes,
             hist_max=hist_max,
         )
+    if len(histograms) == 0:
+        raise HistogramError(
+            "there are no tensors to calibrate (the histograms are empty, or --include/--exclude "
+            "left none); no cache is written"
+        )
     outcomes: dict[str, CalibrationOutcome] = {}
     for method in methods:
         results = search_histograms(
@@ -351,3 +366,25 @@ def calibrate(
         findings = guard_results(histograms, results, **dict(guard_limits or {}))
         outcomes[method] = CalibrationOutcome(method, results, cache, findings)
     return histograms, outcomes
+
+
+def model_fingerprint(model: Optional[PathLike]) -> Optional[str]:
+    """sha256 of the ONNX model file (None without a model)."""
+    if model is None:
+        return None
+    from trtkld._io import file_sha256
+
+    return file_sha256(model)
+
+
+def fingerprints(model: Optional[PathLike], data: Optional[CalibrationData]) -> dict:
+    """What a calibration is made from, for its caches' sidecars: ``model_sha256`` (None
+    without a model), ``data_sha256`` and ``data`` (kind, sample count, batching, resolved
+    preprocessing; :meth:`CalibrationData.fingerprint`). A cache is reused only when these
+    match the model and data at hand (``trtkld.cache.sidecar.provenance_problem``)."""
+    fingerprint = dict(data.fingerprint()) if data is not None else {}
+    return {
+        "model_sha256": model_fingerprint(model),
+        "data_sha256": fingerprint.pop("data_sha256", None),
+        "data": fingerprint,
+    }

@@ -76,6 +76,7 @@ def test_groups_parse_into_options(tmp_path):
     (["calibrate", "--demo", "--percentile", "101", "-m", "percentile"], EXIT_USAGE,
      "percentile must be in (0, 100], found 101"),
     (["qdq", "missing.onnx", "--cache", "x.cache"], EXIT_USAGE, "does not exist"),
+    (["calibrate", "missing.onnx", "--data", "d"], EXIT_USAGE, "does not exist"),
     (["eval", "--demo", "--model-preset", "nsfw"], EXIT_USAGE, "contradict each other"),
     (["build", "--demo", "--method", "ppq,nvidia"], EXIT_USAGE, "give one method"),
 ])

@@ -162,6 +162,12 @@ def test_cli_qdq_with_another_models_cache_is_an_error_not_an_fp32_model(tmp_pat
     code = main(["qdq", str(src), "--cache", str(cache), "-o", str(out)])
     err = capsys.readouterr().err
     assert code != 0 and not out.exists()
+    # refused up front: none of the cache's tensors is in the model (issue 11), listing them
+    assert "trtkld qdq: error: calibration cache" in err and "another model's cache" in err
+    # with the name check waived, the coverage check still refuses an FP32 model
+    code = main(["qdq", str(src), "--cache", str(cache), "-o", str(out), "--max-unmatched", "1"])
+    err = capsys.readouterr().err
+    assert code != 0 and not out.exists()
     assert "trtkld qdq: error: no weighted op would be quantized" in err
     assert "conv (Conv): X: no scale in the cache" in err
     assert "Traceback" not in err

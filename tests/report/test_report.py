@@ -274,8 +274,8 @@ def test_plot_file_names_are_safe_and_unique():
 # --------------------------------------------------------------------------- --max-plots
 def test_max_plots_keeps_the_largest_spread_and_every_row(hists, results, tmp_path):
     out = tmp_path / "capped.report"
-    (out / "plots").mkdir(parents=True)
-    (out / "plots" / "stale.png").write_bytes(b"old")
+    first = write_report(hists, results, out, max_plots=None)  # a previous report: every plot
+    (out / "plots" / "mine.png").write_bytes(b"a user's figure")
     (out / "notes.txt").write_text("mine")
     rep = write_report(hists, results, out, max_plots=2)
     page = _parse(rep.index)
@@ -283,8 +283,11 @@ def test_max_plots_keeps_the_largest_spread_and_every_row(hists, results, tmp_pa
     spreads = sorted((-r.spread, r.index) for r in rep.rows)[:2]
     expected = [rep.rows[i].plot_file for _, i in spreads]
     assert [p.name for p in rep.plots] == expected
-    assert sorted(os.listdir(out / "plots")) == sorted(expected)  # stale figure gone
-    assert (out / "notes.txt").read_text() == "mine"  # user files kept
+    assert len(first.plots) > 2
+    # the previous report's extra figures are gone; files the report did not write stay
+    assert sorted(os.listdir(out / "plots")) == sorted(expected + ["mine.png"])
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "plots" / "mine.png").read_bytes() == b"a user's figure"
     assert len(page.imgs) == 2 and len(page.links) == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 

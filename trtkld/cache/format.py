@@ -34,9 +34,13 @@ from typing import Optional, Union
 
 import numpy as np
 
-from trtkld._io import atomic_write
+from trtkld._io import atomic_write, read_regular_file
 from trtkld.cache.version import format_trt_version, parse_trt_version_number, trt_version_number
 from trtkld.errors import CacheFormatError
+
+# A cache holds one ~40-byte line per tensor: 256 MiB is millions of tensors, far beyond any
+# network, and keeps a wrong path (a video, /dev/zero) from being read into memory.
+MAX_CACHE_BYTES = 256 * 2**20
 
 KNOWN_ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration")
 
@@ -248,16 +252,15 @@ def _read_source(source: Source) -> tuple[bytes, Optional[str]]:
             f"calibration cache source must be bytes or a path, found {type(source).__name__}"
         )
     path = os.fspath(source)
-    try:
-        with open(path, "rb") as f:
-            return f.read(), path
-    except OSError as exc:
-        hint = ""
-        if isinstance(source, str) and "\n" in source:
-            hint = " (a str is taken as a path; pass the cache text as bytes)"
+    if isinstance(source, str) and "\n" in source and not os.path.lexists(path):
         raise CacheFormatError(
-            f"cannot read calibration cache {_shorten(path)}: {exc.strerror or exc}{hint}"
-        ) from None
+            f"cannot read calibration cache {_shorten(path)}: a str is taken as a path; pass "
+            f"the cache text as bytes"
+        )
+    # Regular files only, at most MAX_CACHE_BYTES: a FIFO or /dev/zero must not hang or fill
+    # the memory.
+    return read_regular_file(path, limit=MAX_CACHE_BYTES, what="calibration cache",
+                             error=CacheFormatError), path
 
 
 def parse_cache(source: Source) -> CalibrationCache:

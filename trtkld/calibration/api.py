@@ -25,7 +25,7 @@ from trtkld.calibration.cachefile import (
 from trtkld.data import CalibrationData, PreprocessOptions, input_specs_from_onnx, open_data
 from trtkld.errors import DataError, SearchError
 from trtkld.histogram import HistogramSet
-from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, CalibrationOutcome
+from trtkld.pipeline import DEFAULT_MEMORY_BUDGET, CalibrationOutcome, fingerprints
 from trtkld.search import GuardFinding, SearchResult
 from trtkld.search.registry import check_methods, options_for_methods
 
@@ -40,8 +40,10 @@ class Calibration:
     ``results[method]``: tensor name -> :class:`SearchResult` (model tensor order).
     ``findings[method]``: the guard's findings (only flagged tensors). ``options[method]``: the
     search options as recorded in a cache's sidecar; ``sidecar_extra[method]``: further sidecar
-    fields (e.g. how a measured choice was made). ``model`` is None when the calibration
-    started from saved histograms (then :meth:`to_qdq` needs a model).
+    fields (e.g. how a measured choice was made). ``provenance``: what the thresholds were made
+    from (model and data sha256, preprocessing; :func:`trtkld.pipeline.cache_provenance`),
+    recorded in every sidecar. ``model`` is None when the calibration started from saved
+    histograms (then :meth:`to_qdq` needs a model).
     """
 
     model: Optional[str]
@@ -50,6 +52,7 @@ class Calibration:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     collector: str = "onnxruntime"
     sidecar_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
     auto: Optional[Any] = None    # trtkld.calibration.auto.AutoOutcome of an output-measured auto
 
     @property
@@ -94,7 +97,7 @@ class Calibration:
         return write_calibration_cache(
             path, self.results[method], method=method, options=self.options.get(method, {}),
             trt_version=trt_version, algorithm=algorithm, collector=self.collector,
-            extra=self.sidecar_extra.get(method),
+            extra=self.sidecar_extra.get(method), provenance=self.provenance,
         )
 
     def to_qdq(self, path: PathLike, method: Optional[str] = None, *,
@@ -140,6 +143,7 @@ def open_calibration_data(
     batch_size: Optional[int] = None,
     preprocess: Union[PreprocessOptions, str, None] = None,
     last_batch: str = "pad",
+    max_samples: Optional[int] = None,
 ) -> CalibrationData:
     """``data`` as :class:`CalibrationData`: given as is, else opened for ``model``'s inputs.
 
@@ -155,7 +159,7 @@ def open_calibration_data(
     if isinstance(preprocess, str):
         preprocess = PreprocessOptions.preset(preprocess)
     return open_data(data, input_specs_from_onnx(model), batch_size=batch_size,
-                     preprocess=preprocess, last_batch=last_batch)
+                     preprocess=preprocess, last_batch=last_batch, max_samples=max_samples)
 
 
 def calibrate(
@@ -258,7 +262,7 @@ def calibrate(
         recorded[method] = options
     cal = Calibration(model=None if model is None else os.fspath(model),
                       histograms=histograms, outcomes=outcomes, options=recorded,
-                      collector=collector)
+                      collector=collector, provenance=fingerprints(model, calib_data))
     if measured is not None:
         from trtkld.pipeline import guard_results
 

@@ -471,7 +471,8 @@ class HeldoutScorer:
         self.output_names = self.session.output_names
         size, fixed = batch_limit(input_specs_from_onnx(model))
         self.chunks = [_shape_chunks(fold, size, fixed) for fold in heldout]
-        self.references = [[[y[:real] for y in fp32.run(self.output_names, feeds)]
+        self.references = [[[real_outputs(y, feeds, real)
+                             for y in fp32.run(self.output_names, feeds)]
                             for feeds, real in fold] for fold in self.chunks]
         self.samples = sum(len(f) for f in heldout)
         first = self.references[0][0] if self.references and self.references[0] else []
@@ -501,8 +502,10 @@ class HeldoutScorer:
                 got = self.session.run(feeds, scales)
                 self.runs += 1
                 for o, y, q in zip(self.output_names, ref, got):
-                    accs[o].update(y, q[:real])
-                    terms[o].append(sample_terms(y, q[:real]))
+                    q = real_outputs(q, feeds, real)
+                    accs[o].update(y, q)
+                    per_row = y.ndim and y.shape[0] == real     # else the run is one sample
+                    terms[o].append(sample_terms(y, q, real if per_row else 1))
         per_sample = {o: {k: np.concatenate([t[k] for t in parts]) for k in parts[0]}
                       for o, parts in terms.items()}
         out = (output_records(accs), per_sample)
@@ -510,12 +513,23 @@ class HeldoutScorer:
         return out
 
 
-def sample_terms(ref: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
-    """Per sample (axis 0): signal and noise energy, cosine, and argmax agreement (rank-2
-    outputs). A non-finite INT8 value makes that sample's noise infinite."""
+def real_outputs(y: np.ndarray, feeds: Mapping[str, np.ndarray], real: int) -> np.ndarray:
+    """``y`` without the rows that only filled a fixed batch. Only where the run was padded
+    (``real`` below the rows fed) is axis 0 cut: an output whose batch axis is not the first
+    (a recognizer's ``[T, N, C]``) is never cut by its time steps."""
+    rows = next(iter(feeds.values())).shape[0]
+    if real >= rows or y.ndim == 0 or y.shape[0] != rows:
+        return y
+    return y[:real]
+
+
+def sample_terms(ref: np.ndarray, test: np.ndarray, samples: int) -> dict[str, np.ndarray]:
+    """Per sample: signal and noise energy, cosine, and argmax agreement (rank-2 outputs). The
+    output holds ``samples`` samples along axis 0, or one sample (``samples == 1``) whatever its
+    shape. A non-finite INT8 value makes that sample's noise infinite."""
     from trtkld.fidelity import per_sample_cosine
 
-    n = ref.shape[0] if ref.ndim else 1
+    n = samples if ref.ndim and ref.shape[0] == samples else 1
     r = np.asarray(ref, np.float64).reshape(n, -1)
     t = np.asarray(test, np.float64).reshape(n, -1)
     bad = ~np.isfinite(t).all(axis=1)

@@ -13,7 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from trtkld.cache import CalibrationCache, resolve_trt_version, sidecar, write_cache
+from trtkld.cache import CalibrationCache, format_trt_version, resolve_trt_version, sidecar
+from trtkld.cache.version import installed_tensorrt_version
 from trtkld.errors import CacheFormatError
 from trtkld.pipeline import results_to_cache
 from trtkld.search import SearchResult
@@ -59,6 +60,7 @@ def write_calibration_cache(
     algorithm: str = DEFAULT_ALGORITHM,
     collector: str = "onnxruntime",
     extra: Optional[Mapping[str, Any]] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> bytes:
     """Write the cache of ``results`` to ``path`` and its sidecar; returns the cache bytes.
 
@@ -66,20 +68,32 @@ def write_calibration_cache(
     later reuse check compares against). ``extra``: more sidecar fields (e.g. how a measured
     choice was made); they must not shadow the standard ones. Raises CacheFormatError naming
     the file when either write fails; the previous files are then left as they were.
+    ``provenance``: model/data fingerprints (:func:`trtkld.pipeline.fingerprints`); the TensorRT
+    version of the header and the installed one are added here.
+
+    Both files are written as one pair (:func:`trtkld.cache.sidecar.write_cache_and_metadata`):
+    the sidecar's sha256 is that of the bytes written, under a lock on the folder, so two runs
+    writing the same path never leave one's cache with the other's sidecar.
     """
     cache = results_cache(results, trt_version=trt_version, algorithm=algorithm)
     written = cache.to_bytes()     # validated before anything is written
     metadata = sidecar.make_metadata(
-        method=method, options=dict(options or {}), collector=collector, cache_bytes=written,
+        method=method, options=dict(options or {}), collector=collector,
+        provenance=sidecar.make_provenance(
+            model_sha256=(provenance or {}).get("model_sha256"),
+            data={"data_sha256": (provenance or {}).get("data_sha256"),
+                  **dict((provenance or {}).get("data") or {})},
+            trt_version=format_trt_version(cache.version_number),
+            tensorrt_installed=installed_tensorrt_version(),
+        ),
     )
     per_tensor = tensor_methods(method, results)
     if per_tensor:
         metadata["tensor_methods"] = per_tensor
     for key, value in (extra or {}).items():
-        if key in metadata:
+        if key in metadata or key == "sha256":  # sha256 is filled from the bytes written
             raise CacheFormatError(f"{os.fspath(path)}: sidecar field {key!r} is written by "
                                    "trtkld itself and cannot be given as extra")
         metadata[key] = value
-    write_cache(cache, path)
-    sidecar.write_metadata(path, metadata)
+    sidecar.write_cache_and_metadata(path, written, metadata)
     return written

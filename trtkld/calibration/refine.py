@@ -188,8 +188,10 @@ class _Objective:
             for (feeds, real), ref in zip(chunks, self.references[fold]):
                 got = self.session.run(feeds, scales)
                 for k, (y, q) in enumerate(zip(ref, got)):
-                    y = np.asarray(y[:real], np.float64)
-                    q = np.asarray(q[:real], np.float64)
+                    rows = next(iter(feeds.values())).shape[0]
+                    cut = real < rows and y.ndim and y.shape[0] == rows   # padded rows only
+                    y = np.asarray(y[:real] if cut else y, np.float64)
+                    q = np.asarray(q[:real] if cut else q, np.float64)
                     if not np.all(np.isfinite(q)):
                         return -math.inf
                     signal[k] += float(np.sum(y * y))

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from trtkld.cli import checks
 from trtkld.cli.common import CLIError
 
 # One exit-status convention for every sub-command (printed by ``trtkld --help``).
@@ -26,6 +27,7 @@ EXIT_OK = 0
 EXIT_QUALITY = 1       # the run worked but a requested quality check failed (--strict, diff)
 EXIT_USAGE = 2         # bad command line or input: the message names the file / option
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_BROKEN_PIPE = 141  # stdout closed early, e.g. `| head` (128 + SIGPIPE)
 
 EXIT_STATUS_HELP = """\
 exit status:
@@ -33,7 +35,8 @@ exit status:
   1    a quality check you asked for failed (calibrate/eval --strict,
        diff --fail-above / --fail-on-missing)
   2    bad usage or input (the message names the file or option)
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C); every file is written atomically, none is left half-written
+  141  stdout was closed early (e.g. | head); every file was written before the tables"""
 
 
 class ArgGroup:
@@ -134,22 +137,8 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(msg) from exc
 
 
-def _size(text: str):
-    if text.lower() in ("none", "off"):
-        return "none"  # an explicit "no resize/crop", unlike None which means "auto"
-    try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, found {text!r}") from exc
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise argparse.ArgumentTypeError(f"expected N or HxW, found {text!r}")
-
-
 _PREPROCESS_FIELDS = ("resize", "crop", "scale", "mean", "std", "channel_order", "layout",
-                      "dtype")
+                      "dtype", "resample")
 
 
 class DataArgs(ArgGroup):
@@ -173,7 +162,13 @@ class DataArgs(ArgGroup):
             "(module:function or path/to/script.py:function)",
         )
         group.add_argument(
-            "--batch-size", type=int, help="batch size for a dynamic batch dimension (default 8)"
+            "--batch-size", type=checks.positive_int,
+            help="batch size for a dynamic batch dimension (default 8)"
+        )
+        group.add_argument(
+            "--max-samples", type=checks.positive_int, metavar="N",
+            help="read at most N calibration samples (default: all; a --data-loader stops at "
+            "10000 with a warning, since it may never end)",
         )
         group.add_argument(
             "--last-batch",
@@ -187,8 +182,15 @@ class DataArgs(ArgGroup):
             help="normalisation preset (imagenet: /255, ImageNet mean/std, RGB; caffe: BGR minus "
             "[104,117,123]; unit: /255; raw: 0..255)",
         )
-        group.add_argument("--resize", type=_size, help="short side N, or exact HxW, or none")
-        group.add_argument("--crop", type=_size, help="centre crop N or HxW, or none")
+        group.add_argument("--resize", type=checks.image_size,
+                           help="short side N, or exact HxW, or none")
+        group.add_argument("--crop", type=checks.image_size,
+                           help="centre crop N or HxW, or none")
+        group.add_argument(
+            "--resample",
+            choices=["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"],
+            help="Pillow resize filter (default: bilinear; the demo model uses lanczos)",
+        )
         group.add_argument("--scale", type=float,
                            help="pixel multiplier before mean/std, e.g. 0.00392")
         group.add_argument("--mean", type=_floats, help="per-channel mean, in model channel order")
@@ -196,7 +198,8 @@ class DataArgs(ArgGroup):
         group.add_argument("--channel-order", choices=["RGB", "BGR"], help="default RGB")
         group.add_argument("--layout", choices=["NCHW", "NHWC"],
                            help="default: from the model input")
-        group.add_argument("--dtype", help="input dtype (default: the model input's)")
+        group.add_argument("--dtype", type=checks.dtype_name,
+                           help="input dtype (default: the model input's)")
 
     @staticmethod
     def given(args: argparse.Namespace) -> bool:
@@ -249,6 +252,7 @@ class DataArgs(ArgGroup):
             batch_size=args.batch_size,
             preprocess=self.preprocess(args, model.preprocess_defaults),
             last_batch=args.last_batch,
+            max_samples=getattr(args, "max_samples", None),
         )
 
 
@@ -292,7 +296,7 @@ class MethodArgs(ArgGroup):
             parser.add_argument(
                 f"--{option.name.replace('_', '-')}",
                 dest=option.name,
-                type=option.type,
+                type=checks.registry_option(option),
                 help=option.help.replace("%(default)s", str(option.default)) + f" [{users}]",
             )
 
@@ -367,6 +371,7 @@ class CacheArgs(ArgGroup):
 
         parser.add_argument(
             "--trt-version",
+            type=checks.trt_version,
             help="TensorRT version for the cache header, e.g. 8.6.1 or 10.9.0 (default: the "
             f"installed TensorRT, else {DEFAULT_TRT_VERSION} with a warning)",
         )
@@ -406,14 +411,14 @@ class GuardArgs(ArgGroup):
         )
         guard.add_argument(
             "--guard-clipped",
-            type=float,
+            type=checks.nonnegative_float,
             default=0.01,
             metavar="FRACTION",
             help="flag thresholds clipping more than this share of values (default: %(default)s)",
         )
         guard.add_argument(
             "--guard-sqnr-drop",
-            type=float,
+            type=checks.nonnegative_float,
             default=6.0,
             metavar="DB",
             help="flag thresholds whose histogram SQNR is more than DB below max calibration's "

@@ -133,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
         for which in ("min", "opt", "max")
         if getattr(args, f"{which}_shapes")
     }
-    trt = trt_layer.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
     (method,) = METHODS.parse(args)
     choice = MODEL.parse(args)
     model = choice.path
@@ -141,8 +140,22 @@ def run(args: argparse.Namespace) -> int:
     stem = os.path.splitext(model)[0] if not args.demo else "demo"
     cache = Path(args.cache or f"{stem}.cache")
     engine = Path(args.engine or f"{stem}.plan")
-    if engine.resolve() == cache.resolve():
-        raise CLIError(f"--engine and --cache are the same file: {engine}")
+    from trtkld.cache.sidecar import sidecar_path, tensorrt_cache_path
+    from trtkld.cli import checks
+
+    # before any work (and before needing TensorRT): no output is an input or another output
+    cache_label = "--cache" if args.cache else "the default cache"
+    outputs = {"--engine" if args.engine else "the default engine": str(engine),
+               cache_label: str(cache),
+               f"the metadata file of {cache_label}": str(sidecar_path(cache))}
+    if method == "tensorrt":
+        outputs["TensorRT's own cache"] = str(tensorrt_cache_path(cache))
+    checks.check_outputs(outputs, {
+        "the model": [model],
+        "a calibration data file": checks.data_files(data),
+        "the data loader script": checks.loader_script(args.data_loader),
+    })
+    trt = trt_layer.require_calibrator_api()  # clear error without TensorRT / under TensorRT 11
 
     from trtkld.cache import parse_cache
     from trtkld.trt.calibrator import KLDCalibrator

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from trtkld.cli import checks
 from trtkld.cli.args import (
     AutoArgs,
     CacheArgs,
@@ -23,7 +24,7 @@ from trtkld.cli.args import (
 )
 from trtkld.cli.common import CLIError, QualityError
 from trtkld.cli.keepfloat import KeepFloatArgs
-from trtkld.cli.summary import format_guard, format_summary
+from trtkld.cli.summary import format_guard, format_guard_summary, format_summary
 
 logger = logging.getLogger("trtkld.calibrate")
 
@@ -41,9 +42,15 @@ examples:
   # the same cache, collected in 8 shards on a local Ray cluster (or --ray ray://head:10001)
   trtkld calibrate model.onnx --data imgs/ --method ppq --ray local --shards 8 --out model.cache
 
-  # keep the histograms, search them again later (or merge runs from several machines)
+  # keep the histograms, search them again later
+  trtkld calibrate model.onnx --data imgs/ --save-histograms h.npz --out a.cache
+  trtkld calibrate --from-histograms h.npz --method nvidia --out b.cache
+
+  # shards on several machines: the same ranges (from the first shard) make them mergeable
   trtkld calibrate model.onnx --data part1/ --save-histograms part1.npz --out a.cache
-  trtkld calibrate model.onnx --from-histograms part1.npz part2.npz --method nvidia --out b.cache
+  trtkld calibrate model.onnx --data part2/ --ranges-from part1.npz --save-histograms part2.npz \
+      --out b.cache
+  trtkld calibrate --from-histograms part1.npz part2.npz --method ppq --out merged.cache
 """
 
 
@@ -91,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--from-histograms",
         metavar="NPZ",
         nargs="+",
-        help="search saved histograms instead of running the model (several files are merged)",
+        help="search saved histograms instead of running the model (several files are merged; "
+        "they must share ranges: see --ranges-from); no MODEL or --data with it",
     )
     parser.add_argument(
         "--ranges-from",
@@ -120,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--memory-budget-mb",
-        type=float,
+        type=checks.nonnegative_float,
         default=0,
         help="keep pass-1 activations up to this size to skip the second model pass; "
         "0 runs the model twice, which measured faster on CPU (default: %(default)s)",
@@ -170,7 +178,6 @@ def _output_paths(
 
 def run(args: argparse.Namespace) -> int:
     from trtkld.calibration import calibrate
-    from trtkld.histogram import HistogramSet
     from trtkld.pipeline import DEFAULT_MEMORY_BUDGET
     from trtkld.qdq import DEFAULT_OP_TYPES
 
@@ -178,26 +185,38 @@ def run(args: argparse.Namespace) -> int:
     search_options = METHODS.search_options(args)
     overrides = _parse_overrides(args.tensor_method)
     refine = _refine_options(args, methods)
-    trt_version = CACHE.trt_version(args)
     executor = SCALEOUT.parse(args)
 
     histograms = None
     data = None
     model: Optional[str] = args.model
+    if args.from_histograms:
+        given = [o for o, v in (("MODEL", args.model), ("--data", args.data),
+                                ("--data-loader", args.data_loader), ("--demo", args.demo),
+                                ("--ranges-from", args.ranges_from)) if v]
+        if given:
+            raise CLIError(
+                f"--from-histograms searches saved histograms and runs no model: drop "
+                f"{', '.join(given)} (or drop --from-histograms to collect new histograms)"
+            )
     outputs = _output_paths(args, methods, model)
     if args.from_histograms:
-        histograms = HistogramSet.load(args.from_histograms[0])
-        for extra in args.from_histograms[1:]:
-            histograms = histograms.merge(HistogramSet.load(extra))
+        _check_outputs(args, outputs, model=None, data=None)  # before reading anything
+        histograms = checks.load_histogram_files(args.from_histograms)
     else:
         choice, source = model_and_data(args, MODEL, DATA)
         model, data = choice.path, DATA.open(args, choice, source)
+        # Before any collection: no output may be the model, a data file or another output.
+        _check_outputs(args, outputs, model=model, data=data)
+    # After the inputs are known good (no version warning before a usage error), before the
+    # long collection (a bad --trt-version fails fast).
+    trt_version = CACHE.trt_version(args)
 
     hist_max = None
     if args.ranges_from:
         hist_max = {}
         for path in args.ranges_from:
-            for name, hist in HistogramSet.load(path).items():
+            for name, hist in checks.load_histogram_files([path], "--ranges-from").items():
                 hist_max[name] = max(hist_max.get(name, 0.0), hist.hist_max)
     budget = DEFAULT_MEMORY_BUDGET if args.memory_budget_mb is None else int(
         args.memory_budget_mb * 2**20
@@ -218,29 +237,103 @@ def run(args: argparse.Namespace) -> int:
         **executor,
         **search_options,
     )
+    notes = []   # printed after every file is written
     if cal.auto is not None:
         seconds = cal.auto.seconds.get("total", 0.0)
-        print(f"{cal.auto.describe()} [{seconds:.1f} s]")
+        notes.append(f"{cal.auto.describe()} [{seconds:.1f} s]")
     if refine is not None:
         _refine_auto(cal, data, refine, search_options, quiet=args.quiet)
     # Sensitive layers: after every search, so the ranking sees each method's final scales.
     KEEP_FLOAT.apply(args, cal, data, DEFAULT_OP_TYPES)
+    flagged = format_guard(cal.outcomes)
+    if flagged and args.strict:
+        raise GuardError(f"{flagged}\n--strict: no cache written")
+
+    # Every file is written before anything is printed: a reader closing stdout early
+    # (`| head -1`) must not cost an output.
+    if args.from_histograms:  # the histogram files stand for the data
+        cal.provenance.update(_histogram_fingerprint(args.from_histograms))
+    recorded = _recorded_options(args, methods, trt_version)
+    written = []
+    for method in cal.methods:
+        cal.sidecar_extra[method] = {**cal.sidecar_extra.get(method, {}),
+                                     "command_options": recorded}
+        cal.write_cache(outputs[method], method, trt_version=trt_version,
+                        algorithm=args.algorithm)
+        written.append(f"{method}: wrote {outputs[method]} ({len(cal.results[method])} tensors)")
     if args.save_histograms:
         cal.histograms.save(args.save_histograms)
-        print(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
+        written.append(f"histograms: {args.save_histograms} ({len(cal.histograms)} tensors)")
+
     if args.table != "none":
         print(format_summary(cal.histograms, cal.outcomes,
                              limit=None if args.table == "full" else 40))
-    flagged = format_guard(cal.outcomes)
     if flagged:
-        if args.strict:
-            raise GuardError(f"{flagged}\n--strict: no cache written")
-        logger.warning("%s", flagged)
-    for method in cal.methods:
-        cal.write_cache(outputs[method], method, trt_version=trt_version,
-                        algorithm=args.algorithm)
-        print(f"{method}: wrote {outputs[method]} ({len(cal.results[method])} tensors)")
+        logger.warning("%s", format_guard_summary(cal.outcomes))
+        logger.debug("%s", flagged)
+    for line in notes + written:
+        print(line)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, outputs: dict[str, Path], *, model, data) -> None:
+    from trtkld.cache.sidecar import sidecar_path
+
+    several = len(outputs) > 1
+    named: dict[str, Optional[str]] = {}
+    for method, path in outputs.items():
+        label = ("--out" if args.out else "the default output") + (
+            f" for {method}" if several else "")
+        named[label] = str(path)
+        named[f"the metadata file of {label}"] = str(sidecar_path(path))
+    named["--save-histograms"] = args.save_histograms
+    checks.check_outputs(named, {
+        "the model": [model],
+        "a calibration data file": checks.data_files(data),
+        "the data loader script": checks.loader_script(args.data_loader),
+        "a --from-histograms input": list(args.from_histograms or []),
+        "a --ranges-from input": list(args.ranges_from or []),
+    })
+
+
+def _recorded_options(args: argparse.Namespace, methods: list[str], trt_version: str) -> dict:
+    """Every option that shapes the cache, defaults included, for the sidecar."""
+    from trtkld.search.registry import all_options
+
+    recorded = {
+        "methods": list(methods),
+        "trt_version": trt_version,
+        "algorithm": args.algorithm,
+        "include": list(args.include or []),
+        "exclude": list(args.exclude or []),
+        "tensor_method": list(args.tensor_method or []),
+        "guard_clipped": args.guard_clipped,
+        "guard_sqnr_drop": args.guard_sqnr_drop,
+        "batch_size": args.batch_size,
+        "last_batch": args.last_batch,
+        "max_samples": args.max_samples,
+        "memory_budget_mb": args.memory_budget_mb,
+        "ranges_from": list(args.ranges_from or []),
+        "from_histograms": list(args.from_histograms or []),
+        "refine": bool(args.refine),
+    }
+    for name, option in all_options().items():  # search options, with their defaults
+        value = getattr(args, name, None)
+        recorded[name] = option.default if value is None else value
+    return recorded
+
+
+def _histogram_fingerprint(paths: Sequence[str]) -> dict:
+    """data_sha256 over the histogram files (names and contents), for the sidecar."""
+    import hashlib
+
+    from trtkld._io import file_sha256
+
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{os.path.basename(path)}\0{file_sha256(path)}\n".encode())
+    return {"data_sha256": digest.hexdigest(),
+            "data": {"kind": "histograms", "histograms": list(paths)}}
 
 
 def _auto_options(args: argparse.Namespace, methods: list[str], refine, histograms):

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from trtkld.cli import checks
 from trtkld.cli.args import (
     AutoArgs,
     DataArgs,
@@ -98,12 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep the Q/DQ models (DIR/METHOD.int8.onnx) instead of a temp dir")
     parser.add_argument("--top-tensors", type=int, default=3,
                         help="worst tensors listed per method (default: %(default)s)")
-    parser.add_argument("--peer-memory-mb", type=float, default=4096,
+    parser.add_argument("--peer-memory-mb", type=checks.nonnegative_float, default=4096,
                         help="memory for ORT calibrators' kept outputs per call "
                         "(default: %(default)s)")
     REFINE.add_to(parser)
     SENSITIVITY.add_to(parser)
-    parser.add_argument("--trt-version", default=None,
+    parser.add_argument("--trt-version", default=None, type=checks.trt_version,
                         help="TensorRT version recorded in the report (eval writes no cache; "
                         "the scales do not depend on it)")
     AUTO.add_to(parser)
@@ -146,6 +147,19 @@ def run(args: argparse.Namespace) -> int:
     refine = REFINE.parse(args)
     calib = DATA.open(args, choice, calib_source)
     evaluation = DATA.open(args, choice, eval_source)
+    outputs = {"--json": args.json}
+    if args.keep_models:
+        outputs["--keep-models"] = args.keep_models
+        outputs.update({f"--keep-models file for {m}": os.path.join(args.keep_models,
+                                                                    f"{m}.int8.onnx")
+                        for m in methods})
+    # before any work: no output is an input (--keep-models may be a folder to create)
+    checks.check_outputs(outputs, {
+        "the model": [model],
+        "a calibration data file": checks.data_files(calib),
+        "an evaluation data file": checks.data_files(evaluation),
+        "the data loader script": checks.loader_script(args.data_loader),
+    }, folders=["--keep-models"])
     report = evaluate(
         model, calib, evaluation, methods, peers,
         trt_version=args.trt_version,
@@ -163,15 +177,17 @@ def run(args: argparse.Namespace) -> int:
         refine=refine,
         auto=AUTO.parse(args),
     )
-    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    print(format_table(report, color=color, top_tensors=args.top_tensors))
     sensitivity = SENSITIVITY.run(args, model, evaluation, report, op_types, methods + peers)
-    if sensitivity is not None:
-        print(sensitivity.format(top=max(10, args.sensitivity_top)))
+    # Files first: a reader closing stdout early (`| head`) must not cost an output.
     if args.json:
         write_json(report, args.json)
         if sensitivity is not None:
             _add_to_json(args.json, "sensitivity", sensitivity.to_json())
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    print(format_table(report, color=color, top_tensors=args.top_tensors))
+    if sensitivity is not None:
+        print(sensitivity.format(top=max(10, args.sensitivity_top)))
+    if args.json:
         print(f"json: {args.json}")
     bad = report.destructive_trtkld_methods()
     if bad and args.strict:

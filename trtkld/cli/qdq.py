@@ -5,6 +5,7 @@ import argparse
 import os
 import re
 
+from trtkld.cli import checks
 from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QdqArgs, QuietArgs, add_groups
 from trtkld.cli.common import CLIError
 from trtkld.cli.keepfloat import KeepFloatNamesArgs
@@ -53,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_groups(parser, DATA, METHODS)
     parser.add_argument("--out", "-o", help="output model (default: MODEL.int8.onnx)")
     QDQ.add_to(parser)
+    parser.add_argument(
+        "--max-unmatched", type=checks.nonnegative_float, default=0.1, metavar="FRACTION",
+        help="with --cache: refuse a cache whose tensors are missing from the model for more "
+        "than this share of its entries (another model's cache; 1 never refuses) "
+        "(default: %(default)s)",
+    )
     add_groups(parser, KEEP_FLOAT, QuietArgs())
     parser.set_defaults(func=run)
 
@@ -69,17 +76,15 @@ def _scales(args: argparse.Namespace, choice, op_types: list[str]):
     if args.cache:
         from trtkld.cache import parse_cache
 
-        return parse_cache(args.cache).scales
+        scales = parse_cache(args.cache).scales
+        _check_cache_matches_model(scales, choice.path, args.cache, args.max_unmatched)
+        return scales
     from trtkld.calibration import calibrate
 
     methods = METHODS.parse(args)
     options = METHODS.search_options(args)
     if args.from_histograms:
-        from trtkld.histogram import HistogramSet
-
-        hists = HistogramSet.load(args.from_histograms[0])
-        for extra in args.from_histograms[1:]:
-            hists = hists.merge(HistogramSet.load(extra))
+        hists = checks.load_histogram_files(args.from_histograms)
         return calibrate(choice.path, histograms=hists, methods=methods, **options).scales()
     from trtkld.qdq import quantizable_activations
 
@@ -89,15 +94,56 @@ def _scales(args: argparse.Namespace, choice, op_types: list[str]):
     return cal.scales()
 
 
+def _check_cache_matches_model(scales: dict, model: str, cache: str, limit: float) -> None:
+    """Refuse another model's cache: too many of its tensor names are not in the model."""
+    import logging
+
+    import onnx
+
+    from trtkld.errors import CacheFormatError
+
+    graph = onnx.load(model, load_external_data=False).graph
+    names = {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    names.update(o for node in graph.node for o in node.output)
+    unmatched = [n for n in scales if n not in names]
+    if not unmatched:
+        return
+    listing = ", ".join(repr(n) for n in unmatched[:20]) + (
+        f" and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+    share = len(unmatched) / len(scales)
+    if share > limit:
+        raise CacheFormatError(
+            f"calibration cache {cache!r}: {len(unmatched)} of its {len(scales)} tensors are not "
+            f"in {model!r} ({share:.0%} > --max-unmatched {limit:g}); is it another model's "
+            f"cache? Not in the model: {listing}"
+        )
+    logging.getLogger("trtkld.qdq").warning(
+        "calibration cache %r: %d of its %d tensors are not in %r and are ignored: %s",
+        cache, len(unmatched), len(scales), model, listing,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from trtkld.qdq import write_qdq_model
 
     choice = MODEL.parse(args)
     op_types = QDQ.op_types(args)
-    scales = _scales(args, choice, op_types)
-    keep = KEEP_FLOAT.parse(args, choice.path, op_types, cache=args.cache)
     out = args.out or ("demo.int8.onnx" if args.demo
                        else f"{os.path.splitext(choice.path)[0]}.int8.onnx")
+    data_files = []
+    if args.data and os.path.exists(args.data):
+        from trtkld.data.sources import scan_folder
+
+        data_files = scan_folder(args.data)[1] if os.path.isdir(args.data) else [args.data]
+    # before any work: the output is none of the inputs
+    checks.check_outputs({"--out" if args.out else "the default output": out}, {
+        "the model": [choice.path], "--cache": [args.cache],
+        "a --from-histograms input": list(args.from_histograms or []),
+        "a calibration data file": data_files,
+        "the data loader script": checks.loader_script(args.data_loader),
+    })
+    scales = _scales(args, choice, op_types)
+    keep = KEEP_FLOAT.parse(args, choice.path, op_types, cache=args.cache)
     summary = write_qdq_model(choice.path, scales, out, op_types=op_types,
                               per_channel=QDQ.per_channel(args), keep_float=keep)
     print(summary.describe())

@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from trtkld.cli import checks
 from trtkld.cli.args import DataArgs, MethodArgs, ModelArgs, QuietArgs, model_and_data
 from trtkld.cli.common import CLIError
 from trtkld.search.registry import METHODS
@@ -76,6 +77,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_outputs(args: argparse.Namespace, source: Path, *, model=None, data) -> None:
+    from trtkld.report import default_report_dir
+    from trtkld.report.build import previous_report_files
+
+    out = Path(args.out) if args.out else default_report_dir(source)
+    label = "--out" if args.out else "the default report folder"
+    checks.check_outputs(
+        {label: str(out), "--save-histograms": args.save_histograms},
+        {"the model": [model], "--histograms": [args.histograms], "--eval": [args.eval_json],
+         "a calibration data file": checks.data_files(data),
+         "the data loader script": checks.loader_script(args.data_loader)},
+        folders=[label],
+    )
+    previous_report_files(out)  # a non-empty folder that is not a report is refused now
+    args.out = str(out)
+
+
 def run(args: argparse.Namespace) -> int:
     from trtkld.calibration import calibrate
     from trtkld.report import DEFAULT_DPI, DEFAULT_MAX_PLOTS, default_report_dir, write_report
@@ -92,26 +110,25 @@ def run(args: argparse.Namespace) -> int:
     eval_table = load_eval(args.eval_json) if args.eval_json else None
 
     if args.histograms:
-        from trtkld.histogram import HistogramSet
-
         source = Path(args.histograms)
         if not source.is_file():
             raise CLIError(f"{source}: histogram file not found")
-        hists = HistogramSet.load(source)
+        _check_outputs(args, source, data=None)
+        hists = checks.load_histogram_files([args.histograms], "--histograms")
         results = calibrate(None, histograms=hists, methods=methods, **options).results
     else:
         choice, data_source = model_and_data(args, MODEL, DATA)
         source = Path(choice.path)
-        cal = calibrate(choice.path, DATA.open(args, choice, data_source), methods,
-                        quiet=args.quiet,
-                        **options)
+        if args.demo and args.out is None:
+            # The demo model lives in the installed package; write next to the user instead.
+            args.out = "demo.report"
+        data = DATA.open(args, choice, data_source)
+        _check_outputs(args, source, model=choice.path, data=data)  # before any collection
+        cal = calibrate(choice.path, data, methods, quiet=args.quiet, **options)
         hists, results = cal.histograms, cal.results
         if args.save_histograms:
             hists.save(args.save_histograms)
             log.info("histograms saved to %s", args.save_histograms)
-        if args.demo and args.out is None:
-            # The demo model lives in the installed package; write next to the user instead.
-            args.out = "demo.report"
 
     out = Path(args.out) if args.out else default_report_dir(source)
     meta = {"input": str(source)}

@@ -68,7 +68,9 @@ def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optiona
     header = ["tensor", "absmax"]
     first, others = methods[0], methods[1:]
     header += [f"{first} amax", "scale", "clip%", "KL"] + [f"{m} amax" for m in others]
-    header += ["flag", "note"]
+    # The flag marks disagreement between searching methods: with one of them it cannot be set.
+    show_flag = len([m for m in methods if m not in _NOT_COMPARED]) > 1
+    header += (["flag"] if show_flag else []) + ["note"]
     table = [header]
     for _ratio, _clipped, name, absmax, results, flag, note in shown:
         row = [name if len(name) <= 48 else "…" + name[-47:], _fmt(absmax)]
@@ -83,7 +85,7 @@ def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optiona
                 _fmt(r.kl),
             ]
         row += [_fmt(results[m].amax) if m in results else "-" for m in others]
-        row += [flag, note]
+        row += ([flag] if show_flag else []) + [note]
         table.append(row)
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
@@ -92,9 +94,32 @@ def format_summary(histograms, outcomes: Mapping[str, object], *, limit: Optiona
     footer = f"{len(rows)} tensors"
     if len(shown) < len(rows):
         footer += f" ({len(shown)} shown: most disagreeing / clipped first; --table full shows all)"
-    if len(methods) > 1:
-        footer += f"; {flagged} where methods disagree by more than {DISAGREEMENT_RATIO:g}x"
+    if show_flag:
+        footer += (f"; flag DISAGREE: {flagged} tensor(s) whose methods' thresholds differ by "
+                   f"more than {DISAGREEMENT_RATIO:g}x")
     lines.append(footer)
+    return "\n".join(lines)
+
+
+_GUARD_KINDS = {"clipped": "whose threshold clips too much",
+                "sqnr_drop": "losing too much SQNR against max"}
+
+
+def format_guard_summary(outcomes: Mapping[str, object]) -> str:
+    """The guard's findings in one line per method ('' when there are none): how many tensors
+    were flagged and for which reason; :func:`format_guard` lists them."""
+    lines = []
+    for method, outcome in outcomes.items():
+        findings = getattr(outcome, "findings", {})
+        if not findings:
+            continue
+        kinds: dict[str, int] = {}
+        for found in findings.values():
+            for kind in {f.kind for f in found}:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        reasons = ", ".join(f"{n} {_GUARD_KINDS.get(k, k)}" for k, n in sorted(kinds.items()))
+        lines.append(f"guard: {method}: {len(findings)} tensor(s) flagged ({reasons}); "
+                     "-v lists them (limits: --guard-clipped, --guard-sqnr-drop)")
     return "\n".join(lines)
 
 

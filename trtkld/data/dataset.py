@@ -14,6 +14,8 @@ Batching (axis 0 of every input is the batch axis):
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +24,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from trtkld._io import file_sha256, regular_file_problem
 from trtkld.data.loader import looks_like_loader_spec, resolve_loader
 from trtkld.data.preprocess import PreprocessOptions
 from trtkld.data.sources import (
@@ -44,6 +47,9 @@ from trtkld.errors import DataError
 log = logging.getLogger("trtkld.data")
 
 DEFAULT_BATCH_SIZE = 8
+# A data loader that never stops would make calibration run forever: without an explicit
+# max_samples, loaders are read up to this many samples, with a warning when it is reached.
+DEFAULT_LOADER_SAMPLE_CAP = 10_000
 LAST_BATCH_MODES = ("pad", "drop")
 # Appended to the source of a row that only fills a fixed batch (the last batch, "pad" mode);
 # readers skip such rows when every sample must count once.
@@ -130,7 +136,11 @@ class CalibrationData:
     """
 
     def __init__(self, source: DataSource, specs: Sequence[InputSpec], batch_size: int,
-                 fixed_batch: bool, last_batch: str = "pad"):
+                 fixed_batch: bool, last_batch: str = "pad",
+                 max_samples: Optional[int] = None):
+        if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
+            raise DataError(f"max_samples must be a positive integer, found {max_samples!r}")
+        self.max_samples = None if max_samples is None else int(max_samples)
         self.source = source
         self.specs: list[InputSpec] = list(specs)
         self.batch_size = batch_size
@@ -138,9 +148,13 @@ class CalibrationData:
         self.last_batch = last_batch
         self._plan: Optional[tuple[int, int, int, int]] = None  # batches, samples, padded, dropped
         self._fingerprints: Optional[list[int]] = None
+        self._content_sha256: Optional[str] = None
         self._warned = False
+        self._cap_warned = False
         signatures = source.signatures()
         if signatures is not None:
+            if self.max_samples is not None:
+                signatures = signatures[:self.max_samples]
             self._set_plan(signatures)
 
     # -- planning -------------------------------------------------------------------------
@@ -200,6 +214,11 @@ class CalibrationData:
                 f"{self.source.description}: only file-backed data (image, .npy or .npz files) "
                 "can be split by file"
             )
+        if self.max_samples is not None:
+            raise DataError(
+                f"{self.source.description}: max_samples={self.max_samples} (--max-samples) "
+                "cannot be combined with splitting the data into shards; drop one of them"
+            )
         part = copy.copy(self)
         part.source = self.source.subset(start, stop, absolute=absolute)
         part._plan = None
@@ -233,14 +252,35 @@ class CalibrationData:
         return (f"{self.source.description}: {self.num_samples} sample(s) in {len(self)} "
                 f"batch(es) of {'exactly' if self.fixed_batch else 'up to'} {self.batch_size}")
 
+    def _limited_samples(self) -> Iterator[Sample]:
+        """The source's samples, cut at ``max_samples`` (or, for a loader without it, at
+        :data:`DEFAULT_LOADER_SAMPLE_CAP` with a warning)."""
+        limit = self.max_samples
+        capped = limit is None and self.source.kind == "loader"
+        if capped:
+            limit = DEFAULT_LOADER_SAMPLE_CAP
+        stream = self.source.samples()
+        if limit is None:
+            yield from stream
+            return
+        yield from itertools.islice(stream, limit)
+        if capped and not self._cap_warned and next(stream, None) is not None:
+            self._cap_warned = True
+            log.warning(
+                "%s: stopped after %d samples (the default cap for data loaders, which may "
+                "never end); pass --max-samples N (max_samples=N) to choose how many are read",
+                self.source.description, limit)
+
     def __iter__(self) -> Iterator[Batch]:
         checking = self.source.checks_repeatability
         prints: list[int] = []
         signatures: list[Signature] = []
+        content = hashlib.sha256()
 
         def tracked(stream: Iterable[Sample]) -> Iterator[Sample]:
             for sample in stream:
                 if checking:
+                    _hash_sample(content, sample, self.specs)
                     fp = sample_fingerprint(sample, self.specs)
                     k = len(prints)
                     if self._fingerprints is not None and (
@@ -254,7 +294,7 @@ class CalibrationData:
                     signatures.append(sample_signature(sample, self.specs))
                 yield sample
 
-        for group in _group(tracked(self.source.samples()),
+        for group in _group(tracked(self._limited_samples()),
                             lambda s: sample_signature(s, self.specs), self.batch_size):
             if self.fixed_batch and len(group) < self.batch_size:
                 if self.last_batch == "drop":
@@ -274,7 +314,36 @@ class CalibrationData:
                 )
             if self._fingerprints is None:
                 self._fingerprints = prints
+                self._content_sha256 = content.hexdigest()
                 self._set_plan(signatures)
+
+    def fingerprint(self) -> dict:
+        """What the data are, for a cache's provenance: ``data_sha256`` (file sources: sha256
+        over the ordered list of (relative path, file sha256); loaders: sha256 over the ordered
+        samples' shapes, dtypes and bytes, from the first pass), plus the kind, sample count,
+        batching and the resolved image preprocessing (None for array data)."""
+        paths = getattr(self.source, "paths", None)
+        if paths is None:
+            self._ensure_plan()
+            data_sha256 = self._content_sha256
+        else:
+            digest = hashlib.sha256()
+            root = os.path.commonpath([os.path.abspath(p) for p in paths]) if len(paths) > 1 \
+                else os.path.dirname(os.path.abspath(paths[0]))
+            for path in paths:
+                rel = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
+                digest.update(f"{rel}\0{file_sha256(path)}\n".encode())
+            digest.update(f"max_samples={self.max_samples}".encode())
+            data_sha256 = digest.hexdigest()
+        pipeline = getattr(self.source, "pipeline", None)
+        return {
+            "data_sha256": data_sha256,
+            "kind": self.kind,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "last_batch": self.last_batch,
+            "preprocessing": None if pipeline is None else pipeline.describe(),
+        }
 
     def _assemble(self, group: list[Sample]) -> Batch:
         inputs = {
@@ -294,6 +363,7 @@ def open_data(
     preprocess: Optional[PreprocessOptions] = None,
     last_batch: str = "pad",
     allow_nonfinite: bool = False,
+    max_samples: Optional[int] = None,
 ) -> CalibrationData:
     """Calibration data for a model with inputs ``specs``.
 
@@ -306,6 +376,8 @@ def open_data(
         warning, for non-image sources.
     last_batch: "pad" or "drop": what to do with samples that do not fill a fixed batch.
     allow_nonfinite: accept NaN/Inf in float array data (otherwise DataError).
+    max_samples: read at most this many samples (None: all; data loaders stop at
+        :data:`DEFAULT_LOADER_SAMPLE_CAP` with a warning, since they may never end).
 
     Raises :class:`DataError` naming the file/input and the expected and found values. Image
     headers and array headers are read here (so bad files fail early); pixels are decoded
@@ -327,7 +399,14 @@ def open_data(
     if preprocess is not None and data_source.kind != "images":
         log.warning("%s: image preprocessing options are ignored for %s data",
                     data_source.description, data_source.kind)
-    return CalibrationData(data_source, specs, size, fixed, last_batch)
+    return CalibrationData(data_source, specs, size, fixed, last_batch, max_samples)
+
+
+def _hash_sample(digest, sample: Sample, specs: Sequence[InputSpec]) -> None:
+    for spec in specs:
+        arr = np.ascontiguousarray(sample[0][spec.name])
+        digest.update(f"{spec.name}{arr.shape}{arr.dtype}".encode())
+        digest.update(arr.reshape(-1).view(np.uint8))
 
 
 def _make_source(source, specs: list[InputSpec], preprocess: Optional[PreprocessOptions],
@@ -348,6 +427,8 @@ def _make_source(source, specs: list[InputSpec], preprocess: Optional[Preprocess
         if isinstance(source, str) and looks_like_loader_spec(text) and not (
                 kind_of(text) or os.sep in text.rsplit(":", 1)[1]):
             return LoaderSource(resolve_loader(text), specs, repr(text), allow_nonfinite)
+        if os.path.exists(text):
+            raise DataError(f"data source {text!r} {regular_file_problem(text)}")
         raise DataError(f"data source {text!r} does not exist (expected a file or folder, or "
                         "'module:function' for a data loader)")
     if callable(source):

@@ -40,13 +40,7 @@ def resolve_loader(spec: str) -> Callable:
     if target.endswith(".py") or os.sep in target or "/" in target:
         module = _load_script(target, spec)
     else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as exc:  # ImportError, or whatever the module raises while importing
-            raise DataError(
-                f"data loader {spec!r}: cannot import module {target!r} "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
+        module = _import_module(target, spec)
     if not hasattr(module, func_name):
         public = sorted(n for n in vars(module) if not n.startswith("_")
                         and callable(getattr(module, n)))
@@ -60,6 +54,31 @@ def resolve_loader(spec: str) -> Callable:
             f"data loader {spec!r}: {func_name!r} is a {type(func).__name__}, expected a function"
         )
     return func
+
+
+def _import_module(target: str, spec: str):
+    """Import ``target`` as ``python -m`` would: the current folder first on the path (the
+    console script's own folder is there instead, so ``mymodule:load`` next to the user would
+    not be found otherwise)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(target)
+    except SystemExit as exc:
+        raise DataError(
+            f"data loader {spec!r}: importing module {target!r} called sys.exit({exc.code!r})"
+        ) from None
+    except Exception as exc:  # ImportError, or whatever the module raises while importing
+        raise DataError(
+            f"data loader {spec!r}: cannot import module {target!r} "
+            f"({type(exc).__name__}: {exc}); the current folder {cwd!r} and the Python path "
+            "were searched"
+        ) from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 def _load_script(path: str, spec: str):
@@ -81,6 +100,10 @@ def _load_script(path: str, spec: str):
         sys.path.insert(0, script_dir)
     try:
         module_spec.loader.exec_module(module)
+    except SystemExit as exc:
+        raise DataError(
+            f"data loader {spec!r}: running {path!r} called sys.exit({exc.code!r})"
+        ) from None
     except Exception as exc:
         raise DataError(
             f"data loader {spec!r}: running {path!r} failed ({type(exc).__name__}: {exc})"

@@ -51,6 +51,12 @@ _RESIZE_PER_CROP = 256 / 224
 
 _RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
+# Upper bound for a crop or resize side: far above any network input, yet a typo such as
+# --crop 100000 (a 39 GB float image) fails up front instead of being killed for memory.
+MAX_IMAGE_SIDE = 16384
+# Pixels of one image after resizing; Pillow's own decompression-bomb limit is the same order.
+MAX_RESIZED_PIXELS = 2**27
+
 
 @dataclass(frozen=True)
 class PreprocessOptions:
@@ -144,11 +150,33 @@ class ImagePipeline:
             h, w = self.crop
         return (self.channels, h, w) if self.layout == "NCHW" else (h, w, self.channels)
 
+    def describe(self) -> dict:
+        """Every resolved setting as plain JSON values (recorded in a cache's sidecar)."""
+        return {
+            "input": self.input_name,
+            "layout": self.layout,
+            "channels": self.channels,
+            "resize": None if self.resize is None else [self.resize[0], list(self.resize[1])],
+            "crop": None if self.crop is None else list(self.crop),
+            "scale": float(self.scale),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "channel_order": self.channel_order,
+            "dtype": str(self.dtype),
+            "resample": self.resample,
+        }
+
     def check_size(self, width: int, height: int, path: str) -> None:
-        """DataError naming ``path`` when the resized image is smaller than the crop."""
+        """DataError naming ``path`` when the resized image is smaller than the crop or larger
+        than :data:`MAX_RESIZED_PIXELS`."""
+        w, h = self.resized_size(width, height)
+        if w * h > MAX_RESIZED_PIXELS:
+            raise DataError(
+                f"image {path!r}: {width}x{height} (WxH) resizes to {w}x{h}, more than "
+                f"{MAX_RESIZED_PIXELS} pixels; set a smaller resize"
+            )
         if self.crop is None:
             return
-        w, h = self.resized_size(width, height)
         if h < self.crop[0] or w < self.crop[1]:
             raise DataError(
                 f"image {path!r}: {w}x{h} (WxH) after resizing is smaller than the centre crop "
@@ -195,19 +223,43 @@ class ImagePipeline:
         return np.ascontiguousarray(out.astype(self.dtype))
 
 
+def _bomb_error():
+    from PIL import Image
+
+    return Image.DecompressionBombError
+
+
 def open_image(path: str, channels: int = 3):
     """Decode ``path`` fully with Pillow into mode RGB (``channels=3``) or L (``channels=1``),
-    EXIF orientation applied. Raises :class:`DataError` naming the file when it is unreadable."""
+    EXIF orientation applied. 16-bit images (modes ``I;16*`` and ``I``) are scaled to the 8-bit
+    range (``round(v / 257)``) rather than clipped. Raises :class:`DataError` naming the file
+    when it is unreadable or larger than Pillow's decompression-bomb limit."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
             opened.load()
             image = ImageOps.exif_transpose(opened)
+            image = _to_8bit(image)
             image = image.convert("RGB" if channels == 3 else "L")
+    except _bomb_error() as exc:
+        raise DataError(f"image {path!r}: too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"image {path!r}: cannot be decoded ({exc})") from exc
     return image
+
+
+def _to_8bit(image):
+    """A 16-bit (``I;16``, ``I;16B``, ``I;16L``) or 32-bit integer (``I``, as 16-bit PNGs
+    decode on some Pillow versions) greyscale image as 8-bit ``L`` over the full 16-bit range:
+    Pillow's own convert("L"/"RGB") clips these at 255, turning most pixels white."""
+    from PIL import Image
+
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.asarray(image).astype(np.float64)
+    eight = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight, mode="L")
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -221,6 +273,8 @@ def image_size(path: str) -> tuple[int, int]:
                 orientation = image.getexif().get(0x0112, 1)
             except Exception:  # a broken EXIF block is not fatal: decoding will tell
                 orientation = 1
+    except _bomb_error() as exc:
+        raise DataError(f"image {path!r}: too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"image {path!r}: not a readable image ({exc})") from exc
     # EXIF orientations 5..8 transpose the image.
@@ -236,6 +290,10 @@ def _size_pair(value, what: str, name: str) -> tuple[int, int]:
         raise DataError(f"input {name!r}: {what} must be an int or (H, W), found {value!r}")
     if min(pair) <= 0:
         raise DataError(f"input {name!r}: {what} must be positive, found {value!r}")
+    if max(pair) > MAX_IMAGE_SIDE:
+        raise DataError(
+            f"input {name!r}: {what} {value!r} exceeds the limit of {MAX_IMAGE_SIDE} pixels a side"
+        )
     return pair
 
 
@@ -319,8 +377,9 @@ def _resolve(opts: PreprocessOptions, spec: InputSpec) -> ImagePipeline:
     elif opts.resize is None:
         resize = None
     elif isinstance(opts.resize, (int, np.integer)) and not isinstance(opts.resize, bool):
-        if int(opts.resize) <= 0:
-            raise DataError(f"input {name!r}: resize must be positive, found {opts.resize!r}")
+        if not 0 < int(opts.resize) <= MAX_IMAGE_SIDE:
+            raise DataError(f"input {name!r}: resize must be between 1 and {MAX_IMAGE_SIDE}, "
+                            f"found {opts.resize!r}")
         resize = ("short", (int(opts.resize),))
     else:
         resize = ("exact", _size_pair(opts.resize, "resize", name))

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from trtkld._io import regular_file_problem
 from trtkld.data.preprocess import ImagePipeline, image_size
 from trtkld.data.specs import InputSpec
 from trtkld.data.validate import Sample, check_dtype, check_names, split_item, split_shape
@@ -60,6 +61,10 @@ def scan_folder(folder: str) -> tuple[str, list[str]]:
             if kind is None:
                 ignored.append(path)
             else:
+                # A FIFO or device named *.jpg would block or never end: refuse it up front.
+                problem = regular_file_problem(path)
+                if problem is not None:
+                    raise DataError(f"data folder {folder!r}: data file {path!r} {problem}")
                 found.setdefault(kind, []).append(path)
     if ignored:
         log.info("data folder %r: ignoring %d non-data file(s) such as %r", folder,
@@ -312,6 +317,8 @@ class LoaderSource(DataSource):
             result = self.factory()
         except DataError:
             raise
+        except SystemExit as exc:
+            raise _exit_error(self.description, exc) from None
         except Exception as exc:
             raise DataError(
                 f"data loader {self.description}: raised {type(exc).__name__}: {exc}") from exc
@@ -330,6 +337,8 @@ class LoaderSource(DataSource):
                 return
             except DataError:
                 raise
+            except SystemExit as exc:
+                raise _exit_error(self.description, exc) from None
             except Exception as exc:
                 raise DataError(
                     f"data loader {self.description}: raised {type(exc).__name__}: {exc}"
@@ -348,6 +357,15 @@ class LoaderSource(DataSource):
                                if len(self.specs) == 1 else "")
                 )
             yield from split_item(item, self.specs, label, allow_nonfinite=self.allow_nonfinite)
+
+
+def _exit_error(description: str, exc: SystemExit) -> DataError:
+    # sys.exit() inside a loader would end trtkld with the loader's status (0: "success", with
+    # no cache written); it is an error of the data instead.
+    return DataError(
+        f"data loader {description}: called sys.exit({exc.code!r}) while calibration data was "
+        "being read; a loader must return or yield its items (or raise an exception)"
+    )
 
 
 def sample_signature(sample: Sample, specs: Sequence[InputSpec]) -> Signature:

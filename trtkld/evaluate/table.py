@@ -6,6 +6,8 @@ import math
 import os
 from typing import Any, Optional
 
+from trtkld._io import atomic_write
+from trtkld.errors import DataError
 from trtkld.evaluate.runner import EvalReport, MethodEval
 
 JSON_SCHEMA = "trtkld-eval/1"
@@ -94,10 +96,10 @@ def _with_eval_gain(report: EvalReport, m: MethodEval) -> dict[str, Any]:
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:
     """Write the report as JSON (sorted-free, insertion order; atomic)."""
     text = json.dumps(report_to_json(report), indent=2, allow_nan=False) + "\n"
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
 
 
 def format_table(report: EvalReport, *, color: bool = False, top_tensors: int = 3) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from trtkld._io import atomic_write
+from trtkld._io import atomic_write, regular_file_problem
 from trtkld.errors import HistogramError
 from trtkld.histogram.stats import TensorStats
 from trtkld.histogram.tensor import TensorHistogram
@@ -67,6 +67,11 @@ def _bad(path: str, msg: str) -> HistogramError:
 def load_histograms(path: str | os.PathLike) -> list[TensorHistogram]:
     """Read and validate a file written by :func:`save_histograms`."""
     p = os.fspath(path)
+    problem = regular_file_problem(p)
+    if problem == "does not exist":
+        raise _bad(p, "file not found")
+    if problem is not None:  # a FIFO or device would block np.load or never end
+        raise _bad(p, problem)
     try:
         archive = np.load(p, allow_pickle=False)
     except FileNotFoundError:
@@ -137,5 +142,11 @@ def load_histograms(path: str | os.PathLike) -> list[TensorHistogram]:
             h = TensorHistogram(name, hist_max=float(data["hist_max"][i]), counts=c, stats=stats)
         except HistogramError as exc:
             raise _bad(p, str(exc)) from None
+        binned = int(h.counts.sum())
+        if h.hist_max > 0 and nums["num_values"] and binned != nums["num_values"]:
+            # every finite value is binned once (values past hist_max in the last bin);
+            # num_values 0 means histograms built from counts alone, without statistics
+            raise _bad(p, f"{what}: num_values is {nums['num_values']} but its counts add up to "
+                          f"{binned}; the file is inconsistent (edited or corrupt)")
         out.append(h)
     return out

@@ -29,6 +29,7 @@ from typing import Optional, Union
 import numpy as np
 import onnx
 
+from trtkld._io import atomic_write
 from trtkld.errors import ModelError, QdqCoverageError
 from trtkld.qdq.fold import fold_constants
 from trtkld.qdq.scales import is_usable_scale, range_for_scale
@@ -533,12 +534,9 @@ def write_qdq_model(
 
 
 def _save_atomic(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write through the shared atomic writer (unique exclusive temp file, fsync, replace)."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString(deterministic=True))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, model.SerializeToString(deterministic=True))
+    except OSError as exc:
+        raise ModelError(f"cannot write the Q/DQ model {path}: {exc.strerror or exc}") from exc

@@ -4,7 +4,9 @@ The folder is self-contained (relative links only) so it can be zipped, served o
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import struct
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from trtkld._io import atomic_write
 from trtkld._version import __version__
 from trtkld.errors import DataError
 from trtkld.report.evaljson import EvalTable
@@ -22,6 +25,9 @@ from trtkld.report.plots import plot_file_name, render_tensor_plot, tensor_plot_
 from trtkld.report.summary import DEFAULT_DISAGREE_RATIO, TensorRow, build_rows, plot_order
 
 PLOT_DIR = "plots"
+# Written last into every report folder: marks it as trtkld's and lists the files trtkld wrote
+# there, the only ones a later report into the same folder may replace or delete.
+MANIFEST = ".trtkld-report.json"
 DEFAULT_MAX_PLOTS = 200
 DEFAULT_DPI = 72
 
@@ -41,6 +47,31 @@ def default_report_dir(path: str | os.PathLike) -> Path:
     """The report folder next to a cache, model or histogram file: ``MODEL.cache`` ->
     ``MODEL.report``; ``hists.npz`` -> ``hists.report``."""
     return Path(path).with_suffix(".report")
+
+
+def previous_report_files(out: Path) -> list[str]:
+    """The files (relative, ``/``-separated) an earlier report wrote into ``out``; [] for a
+    missing or empty folder. DataError for a non-empty folder without a trtkld manifest, so a
+    report never writes into (or deletes from) a folder it does not own."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    marker = out / MANIFEST
+    if not marker.is_file():
+        raise DataError(
+            f"{out}: the folder is not empty and is not a trtkld report (no {MANIFEST}); "
+            f"choose a new or empty folder for --out, so that no file of yours is replaced"
+        )
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{marker}: unreadable report manifest ({exc})") from exc
+    safe = []
+    for rel in files:
+        # only plain relative names inside the folder: a crafted manifest cannot reach out
+        parts = Path(str(rel)).parts
+        if parts and not Path(str(rel)).is_absolute() and ".." not in parts:
+            safe.append("/".join(parts))
+    return safe
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -71,8 +102,9 @@ def write_report(
     max_plots: figures for at most this many tensors, largest amax spread first (None: all).
 
     The page and plots are built in a temporary sibling folder and then moved into place, so an
-    interrupted run never leaves a half-written report; an existing ``plots/`` folder is replaced
-    so stale figures from an earlier run do not linger.
+    interrupted run never leaves a half-written file. ``out_dir`` must be new, empty, or a
+    previous report (it holds :data:`MANIFEST`); in a previous report only the files that report
+    listed are replaced or deleted, never anything a user added.
     """
     if not hists:
         raise DataError("report: no tensors to report (the histogram set is empty)")
@@ -92,6 +124,7 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: the report folder path exists and is not a folder")
+    previous_report_files(out)  # refuses a non-empty folder that is not a report, up front
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return _write(hists, results, out, eval_table=eval_table, max_plots=max_plots, dpi=dpi,
@@ -139,11 +172,17 @@ def _write(
         )
         (staging / "index.html").write_text(text, encoding="utf-8")
         # Replace only what the report owns; anything else a user put in the folder stays.
+        old_files = previous_report_files(out)
         out.mkdir(exist_ok=True)
-        if (out / PLOT_DIR).exists():
-            shutil.rmtree(out / PLOT_DIR)
-        os.replace(staging / PLOT_DIR, out / PLOT_DIR)
-        os.replace(staging / "index.html", out / "index.html")
+        (out / PLOT_DIR).mkdir(exist_ok=True)
+        new_files = [f"{PLOT_DIR}/{r.plot_file}" for r in plotted] + ["index.html"]
+        for rel in new_files:
+            os.replace(staging / rel, out / rel)
+        for rel in sorted(set(old_files) - set(new_files)):
+            with contextlib.suppress(FileNotFoundError):
+                (out / rel).unlink()
+        manifest = {"generator": f"trtkld {__version__}", "files": new_files}
+        atomic_write(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ReportSummary(

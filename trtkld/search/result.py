@@ -79,7 +79,10 @@ def as_counts(hist: object, name: Optional[str] = None) -> np.ndarray:
         raise SearchError(f"{where}histogram counts must be >= 0, found {counts.min()}")
     # Prefix sums (and sums of h*j^2 in mse) stay exact only while the total is moderate.
     if int(counts.sum(dtype=np.float64)) >= 2**52:
-        raise SearchError(f"{where}histogram total must be < 2**52 counts, found {counts.sum()}")
+        # the int64 sum may wrap around (to 0 or a negative number): add Python ints instead
+        total = sum(int(c) for c in counts.tolist())
+        raise SearchError(f"{where}histogram total must be < 2**52 counts, found {total} "
+                          f"(about 2**{math.log2(total):.1f})")
     return counts
 
 

@@ -46,8 +46,13 @@ class CacheRequest:
 class CachePolicy:
     """Decides whether an existing cache file may be handed to TensorRT as it is."""
 
-    def __init__(self, *, force: bool = False) -> None:
+    def __init__(self, *, force: bool = False,
+                 data_fingerprint: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None
+                 ) -> None:
         self.force = force
+        # the data at hand (CalibrationData.fingerprint), None when no data was given: a
+        # rebuild from the cache alone cannot check the data
+        self.data_fingerprint = data_fingerprint
 
     def should_reuse(self, request: CacheRequest) -> tuple[bool, str]:
         """``(True, why it fits)`` or ``(False, why it must be made again)``."""
@@ -68,7 +73,7 @@ class CachePolicy:
 
     def checks(self) -> list[Callable[[CacheRequest, bytes], Optional[str]]]:
         """Each returns why ``raw`` may not be reused, or None; the first problem wins."""
-        return [self.header_problem, self.sidecar_problem]
+        return [self.header_problem, self.sidecar_problem, self.provenance_problem]
 
     @staticmethod
     def header_problem(request: CacheRequest, raw: bytes) -> Optional[str]:
@@ -108,6 +113,19 @@ class CachePolicy:
         )
 
 
+    def provenance_problem(self, request: CacheRequest, raw: bytes) -> Optional[str]:
+        """The cache must come from this model and these data (sidecar fingerprints)."""
+        from trtkld.cache import sidecar
+        from trtkld.pipeline import model_fingerprint
+
+        meta = sidecar.read_metadata(request.cache_file) or {}
+        model = request.onnx if request.onnx is not None and request.onnx.is_file() else None
+        return sidecar.provenance_problem(
+            meta, model_sha256=model_fingerprint(model),
+            data_fingerprint=self.data_fingerprint() if self.data_fingerprint else None,
+        )
+
+
 def write_calibration(
     request: CacheRequest,
     data: Any,
@@ -132,6 +150,10 @@ def write_calibration(
         request.onnx, data, [request.method], include=include, exclude=exclude, quiet=quiet,
         histograms=histograms, collector=request.collector, auto=None, **dict(request.options),
     )
+    if not cal.provenance.get("data_sha256") and hasattr(data, "fingerprint"):
+        from trtkld.pipeline import fingerprints
+
+        cal.provenance = fingerprints(request.onnx, data)   # histograms came from the GPU
     written = cal.write_cache(request.cache_file, request.method,
                               trt_version=request.trt_version, algorithm=request.algorithm)
     log.info(

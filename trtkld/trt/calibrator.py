@@ -191,7 +191,7 @@ class KLDCalibrator:
                 algorithm=self.algorithm, method=method, options=self.search_options,
                 collector=collector, onnx=self.onnx,
             ),
-            CachePolicy(force=force),
+            CachePolicy(force=force, data_fingerprint=self._data_fingerprint),
             data=self._require_data,
             histograms=self._gpu_histograms if collector == "tensorrt" else None,
             include=self.include, exclude=self.exclude, quiet=quiet,
@@ -263,6 +263,13 @@ class KLDCalibrator:
         return self._device
 
     # ------------------------------------------------------------------ data and profiles
+    def _data_fingerprint(self) -> Optional[dict]:
+        """What the given data are (for the cache's provenance check); None without data."""
+        if not self.data.given:
+            return None
+        data = self._require_data()
+        return data.fingerprint() if hasattr(data, "fingerprint") else None
+
     def _require_data(self) -> Any:
         return self.data.require(
             f"no calibration data was given, and the cache {self.cache_file} cannot be used as "
