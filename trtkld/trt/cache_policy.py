@@ -46,9 +46,12 @@ class CacheRequest:
 class CachePolicy:
     """Decides whether an existing cache file may be handed to TensorRT as it is."""
 
-    def __init__(self, *, force: bool = False,
-                 data_fingerprint: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        force: bool = False,
+        data_fingerprint: Optional[Callable[[], Optional[Mapping[str, Any]]]] = None,
+    ) -> None:
         self.force = force
         # the data at hand (CalibrationData.fingerprint), None when no data was given: a
         # rebuild from the cache alone cannot check the data
@@ -111,7 +114,6 @@ class CachePolicy:
             meta, cache_file=request.cache_file, cache_bytes=raw, method=request.method,
             options=request.options, collector=request.collector,
         )
-
 
     def provenance_problem(self, request: CacheRequest, raw: bytes) -> Optional[str]:
         """The cache must come from this model and these data (sidecar fingerprints)."""
