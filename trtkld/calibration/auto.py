@@ -79,6 +79,7 @@ PER_TENSOR = "per-tensor"
 HIST_AUTO = "hist-sqnr"
 AUTO_BINS = 4096          # ppq's resolution; every other rule rebins it exactly
 FINALISTS = 3             # rules scored on every held-out sample (round 2)
+ROUND1_PER_FOLD = 3       # held-out samples per fold every rule is scored on (round 1)
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,11 @@ class AutoOptions:
     folds: held-out folds of the calibration batches (>= 2). 3: a rule's fold thresholds
         come from 2/3 of the data, close to what it does on all of it, at a search cost of
         one search per fold (scoring costs the same for any number of folds).
-    heldout: calibration samples scored (at most; spread evenly over the folds). Every rule
-        runs on the first third of each fold's, the FINALISTS best on all of them: with 8,
-        about 5 runs per rule, which keeps auto within 5x of a plain calibration.
+    heldout: cap on the calibration samples scored: up to ``ceil(heldout / folds)`` per fold,
+        so with no more samples than that every calibration sample is scored exactly once
+        (true k-fold: with the thresholds of the other folds). Every rule runs on the first
+        ``ROUND1_PER_FOLD`` of each fold's (round 1), the FINALISTS best on all of them
+        (round 2): more samples narrow the choice's noise, and only round 2 grows with them.
     metric: ``sqnr`` | ``top1`` | ``cosine``; None = top1 for a classifier-shaped first
         output, else sqnr.
     per_tensor: also try the per-tensor consumer-output choice.
@@ -136,7 +139,7 @@ class AutoOptions:
     """
 
     folds: int = 3
-    heldout: int = 8
+    heldout: int = 32
     metric: Optional[str] = None
     per_tensor: bool = True
     probe_samples: int = 1
@@ -203,6 +206,7 @@ class AutoOutcome:
     runner_up: Optional[str] = None
     margin: float = math.nan           # chosen's score minus the runner-up's (held out)
     margin_se: float = math.nan        # its jackknife standard error over held-out samples
+    tie_break: dict[str, Any] = field(default_factory=dict)   # noise_aware_order's record
 
     def to_json(self) -> dict[str, Any]:
         """The sidecar's record: every candidate's score and what was chosen."""
@@ -216,6 +220,7 @@ class AutoOutcome:
             "runner_up": self.runner_up,
             "margin": num(self.margin),
             "margin_jackknife_se": num(self.margin_se),
+            **({"top1_tie_break": self.tie_break} if self.tie_break else {}),
             "scores": {label: s.to_json() for label, s in self.scores.items()},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
@@ -228,6 +233,9 @@ class AutoOutcome:
                 f" (output SQNR {best.sqnr_db:.2f} dB)")
         if runner is not None:
             text += f"; next {runner.label} {_fmt(runner.score)} ({runner.sqnr_db:.2f} dB)"
+        if self.tie_break.get("applied"):
+            text += (f"; top-1 tie within one jackknife SE of {self.tie_break['best_top1']} "
+                     f"({', '.join(self.tie_break['tied'])}) broken by output SQNR")
         if math.isfinite(self.margin_se):
             noisy = " - within noise" if abs(self.margin) <= self.margin_se else ""
             text += (f"; margin {_fmt(self.margin)} +- {_fmt(self.margin_se)} (jackknife over "
@@ -474,9 +482,9 @@ class HeldoutScorer:
         fp32 = ort_session(model, quantized=False)
         self.output_names = self.session.output_names
         size, fixed = batch_limit(input_specs_from_onnx(model))
-        # Two parts per fold: the first third of its held-out samples (round 1, every
-        # candidate) and the rest (round 2, the finalists only).
-        cut = [max(1, math.ceil(len(fold) / 3)) for fold in heldout]
+        # Two parts per fold: its first held-out samples (round 1, every candidate: at most
+        # a third, at most ROUND1_PER_FOLD) and the rest (round 2, the finalists only).
+        cut = [max(1, min(ROUND1_PER_FOLD, math.ceil(len(fold) / 3))) for fold in heldout]
         self.parts = [[list(fold[:c]) for fold, c in zip(heldout, cut)],
                       [list(fold[c:]) for fold, c in zip(heldout, cut)]]
         self.part_samples = [sum(len(f) for f in part) for part in self.parts]
@@ -600,6 +608,43 @@ def jackknife_margin(a: Mapping, b: Mapping, metric: str) -> float:
     return float(np.sqrt((n - 1) / n * np.sum((diffs - diffs.mean()) ** 2)))
 
 
+def noise_aware_order(candidates: Sequence[CandidateScore], metric: str
+                      ) -> tuple[list[CandidateScore], dict[str, Any]]:
+    """``candidates`` (given in candidate order) best first, and the tie record.
+
+    The order: by ``metric``, then output SQNR; exact ties keep candidate order (earlier
+    first). For ``top1`` (a discrete metric: a few samples give ties and coarse steps) the
+    candidates statistically tied with the best one ``B`` come first: ``C`` is tied when
+    ``top1(B) - top1(C)`` is at most the jackknife standard error of that difference over
+    the held-out samples (:func:`jackknife_margin`; an exact tie is always tied), and the tied
+    ones are ordered by output SQNR on the same samples (then top-1, then candidate order).
+    So no candidate ahead of the first one has a higher SQNR unless its top-1 is more than
+    one standard error above it, and none's top-1 exceeds the first one's by more than
+    ``top1(B) - top1(first)`` (itself within one standard error).
+
+    The record (empty unless ``top1`` with 2 or more candidates): ``best_top1`` (``B``),
+    ``tied`` (labels, in order), ``se`` (label -> the standard error of ``B`` minus it),
+    ``applied`` (whether the first one is not ``B``).
+    """
+    by_key = sorted(candidates, key=CandidateScore.key, reverse=True)   # stable
+    if metric != "top1" or len(by_key) < 2 or by_key[0].per_sample is None:
+        return by_key, {}
+    best = by_key[0]
+    tied, se = [best], {}
+    for c in by_key[1:]:
+        err = jackknife_margin(best.per_sample, c.per_sample, "top1")
+        se[c.label] = None if not math.isfinite(err) else round(float(err), 6)
+        gap = best.key()[0] - c.key()[0]
+        if gap == 0.0 or (math.isfinite(err) and gap <= err):
+            tied.append(c)
+    position = {c.label: i for i, c in enumerate(candidates)}
+    tied.sort(key=lambda c: (-c.key()[1], -c.key()[0], position[c.label]))
+    in_tie = {c.label for c in tied}
+    order = tied + [c for c in by_key if c.label not in in_tie]
+    return order, {"best_top1": best.label, "tied": [c.label for c in tied], "se": se,
+                   "applied": order[0].label != best.label}
+
+
 def _shape_chunks(samples: Sequence[Mapping[str, np.ndarray]], size: int, fixed: bool
                   ) -> list[tuple[dict[str, np.ndarray], int]]:
     """Runs of same-shape samples (data order kept within a shape): (feeds, real rows)."""
@@ -707,8 +752,8 @@ def output_measured_auto(
         score.duplicate_of = seen.get(key)
         seen.setdefault(key, rule.label)
         scores[rule.label] = score
-    ranked = sorted((sc for sc in scores.values() if sc.duplicate_of is None),
-                    key=CandidateScore.key, reverse=True)      # stable: earlier rule first
+    ranked, _ = noise_aware_order([sc for sc in scores.values() if sc.duplicate_of is None],
+                                  metric)
     finalists = [sc.label for sc in ranked[:FINALISTS]]
 
     def full_score(label: str, fold_scales) -> CandidateScore:
@@ -723,7 +768,8 @@ def output_measured_auto(
         if sc.duplicate_of in finalists:
             scores[label] = dataclasses.replace(scores[sc.duplicate_of], label=label,
                                                 duplicate_of=sc.duplicate_of)
-    best_single = max((scores[label] for label in finalists), key=CandidateScore.key)
+    order, tie = noise_aware_order([scores[label] for label in finalists], metric)
+    best_single = order[0]
     seconds["score"] = time.perf_counter() - t0
 
     tensor_rules = {t: best_single.label for t in whole}
@@ -749,7 +795,12 @@ def output_measured_auto(
             fold_scales.append({t: cands[pick[t]][t] for t in scorer.tensors})
         score = full_score(PER_TENSOR, fold_scales)
         scores[PER_TENSOR] = score
-        if score.key() > best_single.key():
+        # One rule over every full-scored candidate, the mix last (it loses exact ties).
+        order, tie = noise_aware_order([scores[label] for label in finalists] + [score], metric)
+        if order[0].label != PER_TENSOR:
+            chosen = order[0].label
+            tensor_rules = {t: chosen for t in whole}
+        else:
             all_samples: dict[str, list[np.ndarray]] = {}
             for g in range(k):
                 for t, xs in folded.probes[g].items():
@@ -773,10 +824,8 @@ def output_measured_auto(
     for t in whole:
         r = full[tensor_rules[t]][t]
         results[t] = dataclasses.replace(r, method="auto", chosen_method=tensor_rules[t])
-    full = [sc for sc in scores.values() if sc.samples == scorer.samples]
-    runner = max((sc for sc in full if sc.label != chosen and sc.duplicate_of != chosen
-                  and scores[chosen].duplicate_of != sc.label),
-                 key=CandidateScore.key, default=None)
+    # The runner-up: next under the same rule (full-scored, distinct thresholds).
+    runner = order[1] if len(order) > 1 else None
     margin = margin_se = math.nan
     if runner is not None:
         margin = scores[chosen].score - runner.score
@@ -788,4 +837,4 @@ def output_measured_auto(
                        tensor_rules=tensor_rules, histograms=whole,
                        heldout_samples=scorer.samples, folds=k, seconds=seconds,
                        options=options, runner_up=None if runner is None else runner.label,
-                       margin=margin, margin_se=margin_se)
+                       margin=margin, margin_se=margin_se, tie_break=tie)

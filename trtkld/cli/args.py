@@ -490,9 +490,11 @@ class AutoArgs(ArgGroup):
         group.add_argument("--auto-folds", type=int, default=3, metavar="K",
                            help="held-out folds of the calibration batches (default: "
                            "%(default)s)")
-        group.add_argument("--auto-heldout", type=int, default=8, metavar="N",
-                           help="held-out calibration samples (at most): every candidate runs "
-                           "on a third of them, the 3 best on all (default: %(default)s)")
+        group.add_argument("--auto-heldout", type=int, default=32, metavar="N",
+                           help="cap on the calibration samples scored held out (up to "
+                           "N/folds per fold; below the cap every sample is scored once): "
+                           "every candidate runs on a few of them, the 3 best on all "
+                           "(default: %(default)s)")
         group.add_argument("--auto-no-per-tensor", action="store_true",
                            help="do not try the per-tensor (consumer-output) mix")
 
