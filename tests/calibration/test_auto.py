@@ -3,6 +3,7 @@ histogram, the consumer-output objective, and a real selection on the demo model
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -16,11 +17,13 @@ from onnx import TensorProto, helper, numpy_helper
 from trtkld import demo
 from trtkld.calibration.auto import (
     AutoOptions,
+    CandidateScore,
     Rule,
     apply_rules,
     candidate_rules,
     clamp_to_absmax,
     collect_folded,
+    noise_aware_order,
     output_measured_auto,
 )
 from trtkld.calibration.local import ConsumerProbe, choose_per_tensor
@@ -212,31 +215,86 @@ def test_hist_sqnr_rule_assembled_from_the_others_equals_search_auto(demo_few):
                                                                 b.chosen_method, b.scores)
 
 
+def _top1_samples(score) -> np.ndarray:
+    return next(t["same"] for t in score.per_sample.values() if not np.isnan(t["same"]).all())
+
+
+def _stated_order(cands):
+    """The README's top-1 rule, plainly: B = best top-1 (then SQNR; earliest on equality);
+    C is tied with B when top1(B) - top1(C) <= the jackknife SE of that difference; the tied
+    ones by SQNR (then top-1; earliest on equality) first, then the rest by (top-1, SQNR)."""
+    best = cands[0]
+    for c in cands[1:]:
+        if (c.top1, c.sqnr_db) > (best.top1, best.sqnr_db):
+            best = c
+    a = _top1_samples(best)
+    n = len(a)
+    tied = []
+    for c in cands:
+        d = a - _top1_samples(c)
+        loo = np.array([(d.sum() - d[i]) / (n - 1) for i in range(n)])
+        se = math.sqrt((n - 1) / n * float(np.sum((loo - loo.mean()) ** 2)))
+        if c is best or best.top1 - c.top1 <= se + 1e-9:
+            tied.append(c)
+    tied = sorted(tied, key=lambda c: (-c.sqnr_db, -c.top1))          # stable
+    rest = sorted((c for c in cands if c not in tied), key=lambda c: (-c.top1, -c.sqnr_db))
+    return tied + rest, tied
+
+
+def _synthetic(label: str, same: list, sqnr_db: float):
+    n = len(same)
+    terms = {"signal": np.ones(n), "noise": np.full(n, 10 ** (-sqnr_db / 10)),
+             "cosine": np.ones(n), "same": np.asarray(same, np.float64)}
+    top1 = float(np.mean(terms["same"]))
+    return CandidateScore(label, sqnr_db, 1.0, top1, top1, per_sample={"y": terms}, samples=n)
+
+
+def test_top1_ties_within_one_jackknife_se_go_to_the_best_output_sqnr():
+    ones = [1.0] * 16
+    a = _synthetic("a", ones, 10.0)                       # top-1 1.0
+    b = _synthetic("b", [0.0] + ones[1:], 20.0)           # one sample less: SE 1/16, tied
+    c = _synthetic("c", [0.0, 0.0] + ones[2:], 30.0)      # two less: 0.125 > SE 0.085
+    d = _synthetic("d", ones, 10.0)                       # exactly a: the earlier wins
+    order, tie = noise_aware_order([a, b, c, d], "top1")
+    assert [s.label for s in order] == ["b", "a", "d", "c"]
+    assert tie["best_top1"] == "a" and tie["tied"] == ["b", "a", "d"] and tie["applied"]
+    assert tie["se"]["b"] == pytest.approx(1 / 16) and tie["se"]["d"] == 0.0
+    assert [s.label for s in _stated_order([a, b, c, d])[0]] == ["b", "a", "d", "c"]
+    # No tie-break for a continuous metric: plain (score, SQNR) order, earlier on equality.
+    as_sqnr = [dataclasses.replace(s, score=s.sqnr_db) for s in (a, b, c, d)]
+    order, tie = noise_aware_order(as_sqnr, "sqnr")
+    assert [s.label for s in order] == ["c", "b", "a", "d"] and tie == {}
+
+
 def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few, tmp_path):
     import trtkld
 
     model, data, folder = demo_few
-    options = AutoOptions(folds=2, heldout=6)
+    options = AutoOptions(folds=2)     # default cap (32): every calibration sample scored
     plain = ["ppq", "nvidia", "modelopt", "mse", "max", "percentile"]
     cal = trtkld.calibrate(model, data, ["auto"] + plain, auto=options, quiet=True)
     out = cal.auto
     labels = [r.label for r in candidate_rules()]
     assert list(out.scores)[:len(labels)] == labels and "per-tensor" in out.scores
     assert out.metric == "top1"        # the demo model's output is [N, 4] class scores
-    best = out.scores[out.chosen]
-    assert out.heldout_samples == 6
-    finalists = [s for s in out.scores.values() if s.samples == out.heldout_samples]
-    assert len(finalists) >= 2
-    for s in out.scores.values():
-        if s.samples == out.heldout_samples:     # scored on every held-out sample
-            assert best.key() >= s.key(), s.label
-        else:                                    # left out after round 1: below the chosen there
-            assert 0 < s.samples < out.heldout_samples and best.round1 is not None
-            assert best.round1.key() >= s.key(), s.label
+    assert out.heldout_samples == data.num_samples == 6     # true k-fold: each scored once
     for label, s in out.scores.items():   # every score is a real measurement
         assert 0.0 <= s.top1 <= 1.0 and math.isfinite(s.sqnr_db), label
-    assert out.runner_up in out.scores and out.runner_up != out.chosen
-    assert out.margin >= 0 and out.margin_se >= 0
+    # The stated rule, restated plainly: round 2 over the full-scored distinct candidates...
+    full = [s for s in out.scores.values()
+            if s.samples == out.heldout_samples and s.duplicate_of is None]
+    assert len(full) >= 3 and full[-1].label == "per-tensor"
+    order, tied = _stated_order(full)
+    assert out.chosen == order[0].label and out.runner_up == order[1].label
+    assert out.tie_break["tied"] == [s.label for s in tied]
+    assert out.tie_break["applied"] == (out.chosen != out.tie_break["best_top1"])
+    # ...and round 1: every candidate left out ranks below every finalist on round 1's samples.
+    round1 = [s.round1 if s.samples == out.heldout_samples else s for s in out.scores.values()
+              if s.duplicate_of is None and s.label != "per-tensor"]
+    assert all(s is not None and 0 < s.samples < out.heldout_samples for s in round1)
+    order1, _ = _stated_order(round1)
+    assert {s.label for s in order1[:3]} == {s.label for s in full[:-1]}
+    assert out.margin_se >= 0 and (out.margin >= 0 or out.runner_up in out.tie_break["tied"])
     if out.chosen != "per-tensor":          # a single rule: every tensor follows it
         assert set(out.tensor_rules.values()) == {out.chosen}
     assert all(np.isfinite(r.scale) and r.scale > 0 for r in out.results.values())
@@ -252,13 +310,17 @@ def test_demo_auto_picks_the_best_held_out_candidate_deterministically(demo_few,
         path = tmp_path / f"auto{run}.cache"
         assert main(["calibrate", model, "--data", str(folder), "--preset", "imagenet",
                      "--channel-order", "BGR", "--batch-size", "1", "--method", "auto",
-                     "--auto-heldout", "6", "-o", str(path), "--quiet", "--table", "none",
+                     "-o", str(path), "--quiet", "--table", "none",
                      "--trt-version", "10.9.0"]) == 0
         caches.append(path.read_bytes())
         side = json.loads((tmp_path / f"auto{run}.cache.trtkld.json").read_text())
         assert set(side["auto"]["scores"]) == set(out.scores)
         assert side["auto"]["chosen"] in side["auto"]["scores"]
         assert side["auto"]["runner_up"] in side["auto"]["scores"]
+        assert side["auto"]["heldout_samples"] == 6
+        tie = side["auto"]["top1_tie_break"]      # the CLI's 3 folds: its own tie set
+        assert tie["tied"][0] == side["auto"]["chosen"] and tie["best_top1"] in tie["tied"]
+        assert set(tie["tied"]) - {tie["best_top1"]} <= set(tie["se"])    # each with its SE
     assert caches[0] == caches[1]
 
 

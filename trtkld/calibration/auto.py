@@ -616,7 +616,8 @@ def noise_aware_order(candidates: Sequence[CandidateScore], metric: str
     first). For ``top1`` (a discrete metric: a few samples give ties and coarse steps) the
     candidates statistically tied with the best one ``B`` come first: ``C`` is tied when
     ``top1(B) - top1(C)`` is at most the jackknife standard error of that difference over
-    the held-out samples (:func:`jackknife_margin`; an exact tie is always tied), and the tied
+    the held-out samples (:func:`jackknife_margin`; an exact tie is always tied, and so is a
+    difference of one sample, whose standard error is exactly ``1/n``), and the tied
     ones are ordered by output SQNR on the same samples (then top-1, then candidate order).
     So no candidate ahead of the first one has a higher SQNR unless its top-1 is more than
     one standard error above it, and none's top-1 exceeds the first one's by more than
@@ -635,7 +636,8 @@ def noise_aware_order(candidates: Sequence[CandidateScore], metric: str
         err = jackknife_margin(best.per_sample, c.per_sample, "top1")
         se[c.label] = None if not math.isfinite(err) else round(float(err), 6)
         gap = best.key()[0] - c.key()[0]
-        if gap == 0.0 or (math.isfinite(err) and gap <= err):
+        # A one-sample difference in n is exactly one SE (1/n): tied, whatever the rounding.
+        if gap == 0.0 or (math.isfinite(err) and gap <= err * (1 + 1e-9) + 1e-12):
             tied.append(c)
     position = {c.label: i for i, c in enumerate(candidates)}
     tied.sort(key=lambda c: (-c.key()[1], -c.key()[0], position[c.label]))
