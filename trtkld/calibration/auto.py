@@ -16,24 +16,27 @@ One histogram collection (two model passes, as ``calibrate`` does):
   thresholds are searched on them and never exceed the training folds' own absmax (the shared
   range must not leak fold ``f``'s extremes into, e.g., ``max``).
 
-Scoring: the first ``heldout`` real samples (spread over the folds) are kept from pass 2; a
-candidate's INT8 model runs on held-out samples of fold ``f`` with its fold-``f`` thresholds
-(one Q/DQ session whose scales are fed per run). Two rounds: every candidate on the first third
-of each fold's held-out samples, then the ``FINALISTS`` best (distinct thresholds) on all of
-them; a candidate left out scored below every finalist on the first round's samples. The score
-is ``metric`` over the held-out samples: top-1 agreement for classifier-shaped outputs
-(``[N, C]``, ties broken by output SQNR), else the worst output's SQNR (or mean cosine). The
-best candidate wins; ties go to the earlier candidate. A candidate is thus chosen only if it
-beats, held out, every rule it competes with, including ONNX Runtime's own rules reimplemented
-on the same histograms.
+Scoring (true k-fold): every calibration sample, up to ``ceil(heldout / folds)`` per fold, is
+kept from pass 2 and scored exactly once: a candidate's INT8 model runs on fold ``f``'s
+held-out samples with its fold-``f`` thresholds (one Q/DQ session whose scales are fed per
+run). Two rounds: every candidate on the first ``ROUND1_PER_FOLD`` (at most a third) of each
+fold's held-out samples, then the ``FINALISTS`` first (distinct thresholds) on all of them. The
+score is ``metric`` over the held-out samples: top-1 agreement for classifier-shaped outputs
+(``[N, C]``), else the worst output's SQNR (or mean cosine). Both rounds rank with
+:func:`noise_aware_order`: by the metric, then output SQNR, exact ties to the earlier candidate;
+for ``top1``, the candidates within one jackknife standard error of the best are tied and the
+highest output SQNR among them comes first. The chosen candidate is first under that rule among
+every candidate included, on its own held-out data: a candidate left out ranked below every
+finalist on the first round's samples, and ONNX Runtime's own rules, reimplemented on the same
+histograms, compete like any other.
 
 Candidates (``candidate_rules``): the registry's auto candidates (max, percentile 99.99 and
 99.999, ppq, nvidia, modelopt, mse), the per-tensor best-histogram-SQNR rule, ORT's entropy
 (signed 2048 bins, 128 quantized bins) and ORT's percentile (99.999); and ``per-tensor``:
 for each quantized tensor the rule whose threshold gives the smallest error at the output of
 the Conv/Gemm/MatMul reading it, with its real weights (:mod:`trtkld.calibration.local`),
-chosen on training-fold activations only. ``per-tensor`` is kept only when its held-out score
-beats every single rule's.
+chosen on training-fold activations only. ``per-tensor`` competes last (it loses exact ties)
+with the finalists, under the same rule.
 """
 from __future__ import annotations
 

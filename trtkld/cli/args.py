@@ -485,7 +485,8 @@ class AutoArgs(ArgGroup):
                            "%(default)s)")
         group.add_argument("--metric", choices=["sqnr", "top1", "cosine"],
                            help="what auto maximises on held-out calibration samples (default: "
-                           "top1 for a classifier-shaped [N, C] first output, else sqnr; ties "
+                           "top1 for a classifier-shaped [N, C] first output, else sqnr; "
+                           "top-1 within one jackknife SE of the best counts as a tie, "
                            "broken by output SQNR)")
         group.add_argument("--auto-folds", type=int, default=3, metavar="K",
                            help="held-out folds of the calibration batches (default: "
