@@ -19,16 +19,16 @@ One histogram collection (two model passes, as ``calibrate`` does):
 Scoring (true k-fold): every calibration sample, up to ``ceil(heldout / folds)`` per fold, is
 kept from pass 2 and scored exactly once: a candidate's INT8 model runs on fold ``f``'s
 held-out samples with its fold-``f`` thresholds (one Q/DQ session whose scales are fed per
-run). Two rounds: every candidate on the first ``ROUND1_PER_FOLD`` (at most a third) of each
-fold's held-out samples, then the ``FINALISTS`` first (distinct thresholds) on all of them. The
-score is ``metric`` over the held-out samples: top-1 agreement for classifier-shaped outputs
-(``[N, C]``), else the worst output's SQNR (or mean cosine). Both rounds rank with
-:func:`noise_aware_order`: by the metric, then output SQNR, exact ties to the earlier candidate;
-for ``top1``, the candidates within one jackknife standard error of the best are tied and the
-highest output SQNR among them comes first. The chosen candidate is first under that rule among
-every candidate included, on its own held-out data: a candidate left out ranked below every
-finalist on the first round's samples, and ONNX Runtime's own rules, reimplemented on the same
-histograms, compete like any other.
+run). Two rounds: every candidate on the first ``ROUND1_PER_FOLD`` (one) of each fold's
+held-out samples (a cheap screen), then the ``FINALISTS`` first (distinct thresholds) on all of
+them. The score is ``metric`` over the held-out samples: top-1 agreement for classifier-shaped
+outputs (``[N, C]``), else the worst output's SQNR (or mean cosine). Both rounds rank with
+:func:`noise_aware_order`: by the metric, then output SQNR, exact ties to the earlier
+candidate; for ``top1``, the candidates within one jackknife standard error of the best are
+tied and the highest output SQNR among them comes first. The chosen candidate is first under
+that rule among every candidate included, on its own held-out data: a candidate left out ranked
+below every finalist on the first round's samples, and ONNX Runtime's own rules, reimplemented
+on the same histograms, compete like any other.
 
 Candidates (``candidate_rules``): the registry's auto candidates (max, percentile 99.99 and
 99.999, ppq, nvidia, modelopt, mse), the per-tensor best-histogram-SQNR rule, ORT's entropy
@@ -82,7 +82,7 @@ PER_TENSOR = "per-tensor"
 HIST_AUTO = "hist-sqnr"
 AUTO_BINS = 4096          # ppq's resolution; every other rule rebins it exactly
 FINALISTS = 3             # rules scored on every held-out sample (round 2)
-ROUND1_PER_FOLD = 3       # held-out samples per fold every rule is scored on (round 1)
+ROUND1_PER_FOLD = 1       # held-out samples per fold every rule is scored on (round 1)
 
 
 @dataclass(frozen=True)
@@ -486,7 +486,8 @@ class HeldoutScorer:
         self.output_names = self.session.output_names
         size, fixed = batch_limit(input_specs_from_onnx(model))
         # Two parts per fold: its first held-out samples (round 1, every candidate: at most
-        # a third, at most ROUND1_PER_FOLD) and the rest (round 2, the finalists only).
+        # a third, at most ROUND1_PER_FOLD: round 1 is a cheap screen, so that the runtime
+        # goes to round 2) and the rest (round 2, the finalists only).
         cut = [max(1, min(ROUND1_PER_FOLD, math.ceil(len(fold) / 3))) for fold in heldout]
         self.parts = [[list(fold[:c]) for fold, c in zip(heldout, cut)],
                       [list(fold[c:]) for fold, c in zip(heldout, cut)]]

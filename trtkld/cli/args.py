@@ -494,7 +494,7 @@ class AutoArgs(ArgGroup):
         group.add_argument("--auto-heldout", type=int, default=32, metavar="N",
                            help="cap on the calibration samples scored held out (up to "
                            "N/folds per fold; below the cap every sample is scored once): "
-                           "every candidate runs on a few of them, the 3 best on all "
+                           "every candidate runs on one per fold, the 3 best on all "
                            "(default: %(default)s)")
         group.add_argument("--auto-no-per-tensor", action="store_true",
                            help="do not try the per-tensor (consumer-output) mix")
