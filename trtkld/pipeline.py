@@ -239,6 +239,21 @@ def search_histograms(
     ``{"percentile": {"percentile": 99.9}}``. Histograms with more bins than the method's
     default are rebinned exactly first.
     """
+    requests = search_requests(hists, method, method_overrides=method_overrides,
+                               method_options=method_options)
+    # identical histograms (a tensor and its copy) are searched once; the rest on 2 threads
+    return {r.name: result for r, result in zip(requests, run_searches(requests))}
+
+
+def search_requests(
+    hists: HistogramSet,
+    method: str,
+    *,
+    method_overrides: Optional[Mapping[str, str]] = None,
+    method_options: Optional[Mapping[str, Mapping[str, object]]] = None,
+) -> list[SearchRequest]:
+    """The requests :func:`search_histograms` runs, in ``hists`` order (for callers that
+    batch several methods' requests through one :func:`trtkld.search.batch.run_searches`)."""
     overrides = _compile_overrides(method_overrides)
     requests = []
     for name, hist in hists.items():
@@ -248,8 +263,7 @@ def search_histograms(
             hist = hist.rebin(wanted)
         requests.append(SearchRequest(name, chosen, hist.counts, hist.bin_width, hist.hist_max,
                                       dict((method_options or {}).get(chosen, {}))))
-    # identical histograms (a tensor and its copy) are searched once; the rest on 2 threads
-    return {r.name: result for r, result in zip(requests, run_searches(requests))}
+    return requests
 
 
 def guard_results(

@@ -403,15 +403,74 @@ def apply_rules(rules: Sequence[Rule], hists: HistogramSet,
     """Every rule's results (label -> tensor -> result). The per-tensor histogram-SQNR rule
     (search method ``auto``) is assembled from the other rules' results where they are the
     very searches it would run, instead of running them again (identical results, tested)."""
-    out: dict[str, dict[str, SearchResult]] = {}
-    for rule in rules:
-        if rule.method != "auto":
-            out[rule.label] = apply_rule(rule, hists, signed, tensors, method_options)
+    out = _apply_batched([r for r in rules if r.method != "auto"], hists, signed, tensors,
+                         method_options)
     for rule in rules:
         if rule.method == "auto":
             out[rule.label] = _hist_sqnr(rule, rules, out, hists, signed, tensors,
                                          method_options)
     return {rule.label: out[rule.label] for rule in rules}
+
+
+def _apply_batched(rules: Sequence[Rule], hists: HistogramSet,
+                   signed: Mapping[str, SignedHistogram], tensors: Optional[Sequence[str]],
+                   method_options: Optional[Mapping[str, Mapping[str, object]]]
+                   ) -> dict[str, dict[str, SearchResult]]:
+    """What :func:`apply_rule` gives for each of ``rules`` (none of them ``auto``), with every
+    registry search of every rule in one :func:`run_searches` batch (identical histograms
+    searched once, the rest on threads) and ORT's entropy searches on threads too: each
+    search is a pure function of its histogram, so the results are the same."""
+    from trtkld.pipeline import search_requests
+    from trtkld.search.batch import DEFAULT_WORKERS, run_searches
+
+    names = list(hists) if tensors is None else list(tensors)
+    subset = hists if tensors is None else HistogramSet([hists[t] for t in names])
+    out: dict[str, dict[str, SearchResult]] = {}
+    batched: list[tuple[str, list]] = []
+    for rule in rules:
+        if rule.method == "ort-entropy":
+            out[rule.label] = _ort_entropy_all(signed, names, DEFAULT_WORKERS)
+        elif rule.method == "ort-percentile":
+            out[rule.label] = apply_rule(rule, hists, signed, names)
+        else:
+            options = {k: dict(v) for k, v in (method_options or {}).items()}
+            if rule.options:
+                options[rule.method] = {**options.get(rule.method, {}), **dict(rule.options)}
+            batched.append((rule.label, search_requests(subset, rule.method,
+                                                        method_options=options)))
+    found = iter(run_searches([r for _, requests in batched for r in requests]))
+    for label, requests in batched:
+        out[label] = {r.name: next(found) for r in requests}
+    return {rule.label: out[rule.label] for rule in rules}
+
+
+def _ort_entropy_all(signed: Mapping[str, SignedHistogram], names: Sequence[str],
+                     workers: int) -> dict[str, SearchResult]:
+    """ORT's entropy rule on each of ``names`` (byte-identical histograms searched once, the
+    rest on ``workers`` threads: the numba kernel releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def key(t: str) -> tuple:
+        s = signed[t]
+        return (np.ascontiguousarray(s.counts).tobytes(), float(s.hist_max), float(s.min),
+                float(s.max))
+
+    firsts: dict[tuple, str] = {}
+    owner = {}
+    for t in names:
+        owner[t] = firsts.setdefault(key(t), t)
+
+    def search(t: str) -> SearchResult:
+        s = signed[t]
+        return search_ort_entropy(s.counts, s.hist_max, s.min, s.max, name=t)
+
+    distinct = list(firsts.values())
+    if workers > 1 and len(distinct) > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="trtkld-ort-entropy") as pool:
+            done = dict(zip(distinct, pool.map(search, distinct)))
+    else:
+        done = {t: search(t) for t in distinct}
+    return {t: done[owner[t]] for t in names}
 
 
 def _hist_sqnr(rule: Rule, rules: Sequence[Rule], done: Mapping[str, Mapping[str, SearchResult]],
@@ -452,6 +511,33 @@ def _hist_sqnr(rule: Rule, rules: Sequence[Rule], done: Mapping[str, Mapping[str
                               candidates=win.candidates, divergences=win.divergences,
                               fallback=win.fallback, chosen_method=best, scores=scores)
     return out
+
+
+class WholeSetResults:
+    """Rules' results on the whole calibration set for every collected tensor, each rule
+    searched once: the per-tensor mix and the final cache ask for the same rules, and a
+    tensor's result does not depend on which other tensors or rules are searched with it."""
+
+    def __init__(self, rules: Sequence[Rule], hists: HistogramSet,
+                 signed: Mapping[str, SignedHistogram],
+                 method_options: Optional[Mapping[str, Mapping[str, object]]] = None):
+        self._rules = {r.label: r for r in rules}
+        self._hists, self._signed, self._options = hists, signed, method_options
+        self._done: dict[str, dict[str, SearchResult]] = {}
+
+    def get(self, labels: Sequence[str], tensors: Optional[Sequence[str]] = None
+            ) -> dict[str, dict[str, SearchResult]]:
+        """label -> tensor -> result for ``labels`` and ``tensors`` (default: every
+        histogram), searching only what was not searched yet."""
+        names = list(self._hists) if tensors is None else list(tensors)
+        todo = [t for t in names if any(t not in self._done.get(label, {}) for label in labels)]
+        if todo:
+            run = [self._rules[label] for label in labels
+                   if any(t not in self._done.get(label, {}) for t in todo)]
+            found = apply_rules(run, self._hists, self._signed, todo, self._options)
+            for label, res in found.items():
+                self._done.setdefault(label, {}).update(res)
+        return {label: {t: self._done[label][t] for t in names} for label in labels}
 
 
 def clamp_to_absmax(result: SearchResult, absmax: float) -> SearchResult:
@@ -735,6 +821,7 @@ def output_measured_auto(
         fold_results.append({label: {t: clamp_to_absmax(r, train[t].absmax)
                                      for t, r in res.items()} for label, res in raw.items()})
     whole_signed = folded.whole_signed()
+    whole_results = WholeSetResults(rules, whole, whole_signed, method_options)
     seconds["search"] = time.perf_counter() - t0
 
     usable = [t for t in tensors
@@ -811,9 +898,7 @@ def output_measured_auto(
             for g in range(k):
                 for t, xs in folded.probes[g].items():
                     all_samples.setdefault(t, []).extend(xs)
-            by_label = {r.label: r for r in rules}
-            whole_q = apply_rules([by_label[label] for label in finalists], whole, whole_signed,
-                                  scorer.tensors, method_options)
+            whole_q = whole_results.get(finalists, scorer.tensors)
             cands = {label: {t: whole_q[label][t].scale for t in scorer.tensors}
                      for label in finalists}
             pick = choose_per_tensor(probe, all_samples, cands, best_single.label)
@@ -824,11 +909,13 @@ def output_measured_auto(
     # The chosen rule(s) on the whole calibration set, for every collected tensor.
     by_label = {r.label: r for r in rules}
     needed = sorted(set(tensor_rules.values()), key=list(by_label).index)
-    full = apply_rules([by_label[label] for label in needed], whole, whole_signed, None,
-                       method_options)
+    full: dict[str, SearchResult] = {}
+    for label in needed:      # each tensor searched with its own rule only
+        mine = [t for t in whole if tensor_rules[t] == label]
+        full.update(whole_results.get([label], mine)[label])
     results = {}
     for t in whole:
-        r = full[tensor_rules[t]][t]
+        r = full[t]
         results[t] = dataclasses.replace(r, method="auto", chosen_method=tensor_rules[t])
     # The runner-up: next under the same rule (full-scored, distinct thresholds).
     runner = order[1] if len(order) > 1 else None

@@ -42,7 +42,7 @@ ORT_PERCENTILE = 99.999
 _EPS = 1e-4
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)   # nogil: threads search several tensors at once
 def _entropy_curve(hist, num_quantized_bins):  # pragma: no cover - numba
     """KL of every window (module docstring), one fused pass per window: prefix sums give
     each window's outliers, each merged bin's mass and its count of nonzero ``p`` bins, and
