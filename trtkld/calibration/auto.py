@@ -486,13 +486,18 @@ def _hist_sqnr(rule: Rule, rules: Sequence[Rule], done: Mapping[str, Mapping[str
     auto_options = {**dict((method_options or {}).get("auto", {})), **dict(rule.options)}
     percentile = float(auto_options.get("percentile", DEFAULT_PERCENTILE))
     by_method: dict[str, Mapping[str, SearchResult]] = {}
+    missing: list[Rule] = []
     for method in AUTO_ORDER:
         wanted = (("percentile", percentile),) if method == "percentile" else ()
         same = next((r for r in rules if r.method == method and r.label in done
                      and tuple(r.options) == wanted
                      and (wanted or not (method_options or {}).get(method))), None)
-        by_method[method] = (done[same.label] if same is not None else apply_rule(
-            Rule(method, method, wanted), hists, signed, tensors, None))
+        if same is not None:
+            by_method[method] = done[same.label]
+        else:
+            missing.append(Rule(method, method, wanted))
+    # The searches it cannot borrow, in one batch (the same results as one rule at a time).
+    by_method.update(_apply_batched(missing, hists, signed, tensors, None))
     names = list(hists) if tensors is None else list(tensors)
     out = {}
     for t in names:
