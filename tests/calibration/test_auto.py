@@ -19,6 +19,8 @@ from trtkld.calibration.auto import (
     AutoOptions,
     CandidateScore,
     Rule,
+    WholeSetResults,
+    apply_rule,
     apply_rules,
     candidate_rules,
     clamp_to_absmax,
@@ -213,6 +215,38 @@ def test_hist_sqnr_rule_assembled_from_the_others_equals_search_auto(demo_few):
         a, b = got["hist-sqnr"][t], want[t]
         assert (a.amax, a.scale, a.chosen_method, a.scores) == (b.amax, b.scale,
                                                                 b.chosen_method, b.scores)
+
+
+def _same_result(a, b) -> bool:
+    same_curve = (a.divergences is None and b.divergences is None) or np.array_equal(
+        a.divergences, b.divergences, equal_nan=True)
+    return (a.method, a.amax, a.scale, a.index, a.fallback, a.chosen_method, a.scores) == (
+        b.method, b.amax, b.scale, b.index, b.fallback, b.chosen_method, b.scores) and same_curve
+
+
+def test_batched_rules_and_whole_set_reuse_equal_one_rule_one_tensor_at_a_time(demo_few):
+    """The fast paths (every rule's searches in one threaded, deduplicated batch; ORT entropy
+    on threads; whole-set results searched once per tensor and reused) give exactly the
+    results of the plain path: each rule on each tensor alone."""
+    model, data, _ = demo_few
+    folded = collect_folded(model, data, folds=2, num_bins=4096, heldout_per_fold=1, quiet=True)
+    whole, signed = folded.whole(), folded.whole_signed()
+    rules = candidate_rules()
+    tensors = list(whole)[:30]
+    got = apply_rules(rules, whole, signed, tensors)
+    for rule in rules:
+        if rule.method == "auto":
+            continue
+        for t in tensors[::3]:
+            want = apply_rule(rule, whole, signed, [t])[t]
+            assert _same_result(got[rule.label][t], want), (rule.label, t)
+    cached = WholeSetResults(rules, whole, signed)
+    first = cached.get(["hist-sqnr", "ort-entropy"], tensors[:10])     # a subset first
+    later = cached.get(["ort-entropy", "hist-sqnr", "ppq"])             # then every tensor
+    for label in ("hist-sqnr", "ort-entropy"):
+        assert all(first[label][t] is later[label][t] for t in tensors[:10])   # reused
+        assert all(_same_result(later[label][t], got[label][t]) for t in tensors)
+    assert list(later["ppq"]) == list(whole)
 
 
 def _top1_samples(score) -> np.ndarray:

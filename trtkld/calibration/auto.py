@@ -535,11 +535,14 @@ class WholeSetResults:
         """label -> tensor -> result for ``labels`` and ``tensors`` (default: every
         histogram), searching only what was not searched yet."""
         names = list(self._hists) if tensors is None else list(tensors)
-        todo = [t for t in names if any(t not in self._done.get(label, {}) for label in labels)]
-        if todo:
-            run = [self._rules[label] for label in labels
-                   if any(t not in self._done.get(label, {}) for t in todo)]
-            found = apply_rules(run, self._hists, self._signed, todo, self._options)
+        groups: dict[tuple[str, ...], list[Rule]] = {}    # labels missing the same tensors
+        for label in dict.fromkeys(labels):
+            done = self._done.get(label, {})
+            todo = tuple(t for t in names if t not in done)
+            if todo:
+                groups.setdefault(todo, []).append(self._rules[label])
+        for todo, run in groups.items():
+            found = apply_rules(run, self._hists, self._signed, list(todo), self._options)
             for label, res in found.items():
                 self._done.setdefault(label, {}).update(res)
         return {label: {t: self._done[label][t] for t in names} for label in labels}
