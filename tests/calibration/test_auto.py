@@ -22,6 +22,7 @@ from trtkld.calibration.auto import (
     WholeSetResults,
     apply_rule,
     apply_rules,
+    apply_rules_many,
     candidate_rules,
     clamp_to_absmax,
     collect_folded,
@@ -247,6 +248,14 @@ def test_batched_rules_and_whole_set_reuse_equal_one_rule_one_tensor_at_a_time(d
         assert all(first[label][t] is later[label][t] for t in tensors[:10])   # reused
         assert all(_same_result(later[label][t], got[label][t]) for t in tensors)
     assert list(later["ppq"]) == list(whole)
+    # Several histogram sets (the folds' training sets) in one batch: as each set alone.
+    train = folded.training(0)
+    many = apply_rules_many(rules, [train, (whole, signed)], tensors)
+    alone = apply_rules(rules, *train, tensors)
+    for label in alone:
+        for t in tensors:
+            assert _same_result(many[0][label][t], alone[label][t]), (label, t)
+            assert _same_result(many[1][label][t], got[label][t]), (label, t)
 
 
 def _top1_samples(score) -> np.ndarray:

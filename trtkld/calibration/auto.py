@@ -403,74 +403,92 @@ def apply_rules(rules: Sequence[Rule], hists: HistogramSet,
     """Every rule's results (label -> tensor -> result). The per-tensor histogram-SQNR rule
     (search method ``auto``) is assembled from the other rules' results where they are the
     very searches it would run, instead of running them again (identical results, tested)."""
-    out = _apply_batched([r for r in rules if r.method != "auto"], hists, signed, tensors,
-                         method_options)
-    for rule in rules:
-        if rule.method == "auto":
-            out[rule.label] = _hist_sqnr(rule, rules, out, hists, signed, tensors,
-                                         method_options)
-    return {rule.label: out[rule.label] for rule in rules}
+    return apply_rules_many(rules, [(hists, signed)], tensors, method_options)[0]
 
 
-def _apply_batched(rules: Sequence[Rule], hists: HistogramSet,
-                   signed: Mapping[str, SignedHistogram], tensors: Optional[Sequence[str]],
+def apply_rules_many(rules: Sequence[Rule],
+                     sets: Sequence[tuple[HistogramSet, Mapping[str, SignedHistogram]]],
+                     tensors: Optional[Sequence[str]] = None,
+                     method_options: Optional[Mapping[str, Mapping[str, object]]] = None
+                     ) -> list[dict[str, dict[str, SearchResult]]]:
+    """:func:`apply_rules` on each ``(hists, signed)`` of ``sets`` (e.g. every fold's training
+    histograms), with the searches of all of them in one threaded batch."""
+    outs = _apply_batched([r for r in rules if r.method != "auto"], sets, tensors,
+                          method_options)
+    for out, (hists, signed) in zip(outs, sets):
+        for rule in rules:
+            if rule.method == "auto":
+                out[rule.label] = _hist_sqnr(rule, rules, out, hists, signed, tensors,
+                                             method_options)
+    return [{rule.label: out[rule.label] for rule in rules} for out in outs]
+
+
+def _apply_batched(rules: Sequence[Rule],
+                   sets: Sequence[tuple[HistogramSet, Mapping[str, SignedHistogram]]],
+                   tensors: Optional[Sequence[str]],
                    method_options: Optional[Mapping[str, Mapping[str, object]]]
-                   ) -> dict[str, dict[str, SearchResult]]:
-    """What :func:`apply_rule` gives for each of ``rules`` (none of them ``auto``), with every
-    registry search of every rule in one :func:`run_searches` batch (identical histograms
-    searched once, the rest on threads) and ORT's entropy searches on threads too: each
-    search is a pure function of its histogram, so the results are the same."""
+                   ) -> list[dict[str, dict[str, SearchResult]]]:
+    """What :func:`apply_rule` gives for each of ``rules`` (none of them ``auto``) on each
+    histogram set, with every registry search of every rule and set in one
+    :func:`run_searches` batch (identical histograms searched once, the rest on threads) and
+    ORT's entropy searches on threads too: each search is a pure function of its histogram,
+    so the results are the same."""
     from trtkld.pipeline import search_requests
     from trtkld.search.batch import DEFAULT_WORKERS, run_searches
 
-    names = list(hists) if tensors is None else list(tensors)
-    subset = hists if tensors is None else HistogramSet([hists[t] for t in names])
-    out: dict[str, dict[str, SearchResult]] = {}
-    batched: list[tuple[str, list]] = []
-    for rule in rules:
-        if rule.method == "ort-entropy":
-            out[rule.label] = _ort_entropy_all(signed, names, DEFAULT_WORKERS)
-        elif rule.method == "ort-percentile":
-            out[rule.label] = apply_rule(rule, hists, signed, names)
-        else:
-            options = {k: dict(v) for k, v in (method_options or {}).items()}
-            if rule.options:
-                options[rule.method] = {**options.get(rule.method, {}), **dict(rule.options)}
-            batched.append((rule.label, search_requests(subset, rule.method,
-                                                        method_options=options)))
-    found = iter(run_searches([r for _, requests in batched for r in requests]))
-    for label, requests in batched:
-        out[label] = {r.name: next(found) for r in requests}
-    return {rule.label: out[rule.label] for rule in rules}
+    outs: list[dict[str, dict[str, SearchResult]]] = [{} for _ in sets]
+    batched: list[tuple[int, str, list]] = []
+    entropy: list[tuple[int, str, list[str]]] = []
+    for i, (hists, signed) in enumerate(sets):
+        names = list(hists) if tensors is None else list(tensors)
+        subset = hists if tensors is None else HistogramSet([hists[t] for t in names])
+        for rule in rules:
+            if rule.method == "ort-entropy":
+                entropy.append((i, rule.label, names))
+            elif rule.method == "ort-percentile":
+                outs[i][rule.label] = apply_rule(rule, hists, signed, names)
+            else:
+                options = {k: dict(v) for k, v in (method_options or {}).items()}
+                if rule.options:
+                    options[rule.method] = {**options.get(rule.method, {}),
+                                            **dict(rule.options)}
+                batched.append((i, rule.label, search_requests(subset, rule.method,
+                                                               method_options=options)))
+    if entropy:
+        found = _ort_entropy_all([(sets[i][1][t], t) for i, _, names in entropy
+                                  for t in names], DEFAULT_WORKERS)
+        for i, label, names in entropy:
+            outs[i][label] = {t: next(found) for t in names}
+    results = iter(run_searches([r for _, _, requests in batched for r in requests]))
+    for i, label, requests in batched:
+        outs[i][label] = {r.name: next(results) for r in requests}
+    return [{rule.label: out[rule.label] for rule in rules} for out in outs]
 
 
-def _ort_entropy_all(signed: Mapping[str, SignedHistogram], names: Sequence[str],
-                     workers: int) -> dict[str, SearchResult]:
-    """ORT's entropy rule on each of ``names`` (byte-identical histograms searched once, the
-    rest on ``workers`` threads: the numba kernel releases the GIL)."""
+def _ort_entropy_all(hists: Sequence[tuple[SignedHistogram, str]], workers: int):
+    """ORT's entropy rule on each ``(signed histogram, tensor name)``, as an iterator in that
+    order (byte-identical histograms searched once, the rest on ``workers`` threads: the
+    numba kernel releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def key(t: str) -> tuple:
-        s = signed[t]
-        return (np.ascontiguousarray(s.counts).tobytes(), float(s.hist_max), float(s.min),
-                float(s.max))
+    firsts: dict[tuple, int] = {}
+    owner = []
+    for i, (s, _) in enumerate(hists):
+        key = (np.ascontiguousarray(s.counts).tobytes(), float(s.hist_max), float(s.min),
+               float(s.max))
+        owner.append(firsts.setdefault(key, i))
 
-    firsts: dict[tuple, str] = {}
-    owner = {}
-    for t in names:
-        owner[t] = firsts.setdefault(key(t), t)
-
-    def search(t: str) -> SearchResult:
-        s = signed[t]
-        return search_ort_entropy(s.counts, s.hist_max, s.min, s.max, name=t)
+    def search(i: int) -> SearchResult:
+        s, name = hists[i]
+        return search_ort_entropy(s.counts, s.hist_max, s.min, s.max, name=name)
 
     distinct = list(firsts.values())
     if workers > 1 and len(distinct) > 1:
         with ThreadPoolExecutor(workers, thread_name_prefix="trtkld-ort-entropy") as pool:
             done = dict(zip(distinct, pool.map(search, distinct)))
     else:
-        done = {t: search(t) for t in distinct}
-    return {t: done[owner[t]] for t in names}
+        done = {i: search(i) for i in distinct}
+    return iter([done[owner[i]] for i in range(len(hists))])
 
 
 def _hist_sqnr(rule: Rule, rules: Sequence[Rule], done: Mapping[str, Mapping[str, SearchResult]],
@@ -497,7 +515,7 @@ def _hist_sqnr(rule: Rule, rules: Sequence[Rule], done: Mapping[str, Mapping[str
         else:
             missing.append(Rule(method, method, wanted))
     # The searches it cannot borrow, in one batch (the same results as one rule at a time).
-    by_method.update(_apply_batched(missing, hists, signed, tensors, None))
+    by_method.update(_apply_batched(missing, [(hists, signed)], tensors, None)[0])
     names = list(hists) if tensors is None else list(tensors)
     out = {}
     for t in names:
@@ -822,10 +840,10 @@ def output_measured_auto(
 
     # Every rule on every fold's training histograms (quantized tensors only: they are scored).
     t0 = time.perf_counter()
+    training = [folded.training(f) for f in range(k)]
     fold_results: list[dict[str, dict[str, SearchResult]]] = []
-    for f in range(k):
-        train, train_signed = folded.training(f)
-        raw = apply_rules(rules, train, train_signed, tensors, method_options)
+    for (train, _), raw in zip(training, apply_rules_many(rules, training, tensors,
+                                                          method_options)):
         fold_results.append({label: {t: clamp_to_absmax(r, train[t].absmax)
                                      for t, r in res.items()} for label, res in raw.items()})
     whole_signed = folded.whole_signed()
