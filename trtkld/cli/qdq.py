@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if source and os.path.exists(source):
         from trtkld.data.sources import scan_folder
 
-        data_files = scan_folder(source)[1] if os.path.isdir(source) else [source]
+        data_files = ([source] if not os.path.isdir(source)
+                      else scan_folder(source, report_ignored=False)[1])
     # before any work: the output is none of the inputs
     checks.check_outputs({"--out" if args.out else "the default output": out}, {
         "the model": [choice.path], "--cache": [args.cache],
