@@ -220,3 +220,49 @@ def test_cli_qdq_from_cache(tmp_path, capsys):
     assert all(inits[q[t]].tobytes() == scales[t].tobytes() for t in ("X", "f", "m"))
     assert main(["qdq", str(model), "-o", str(out)]) == 2
     assert "exactly one source" in capsys.readouterr().err
+
+
+def test_eval_calibrates_through_the_public_api_with_the_same_thresholds(small_folders):
+    """eval's trtkld rows come from one ``trtkld.calibrate()`` call; its thresholds are those of
+    the plain stage wiring (collect once at the finest bins, search each method, output-measured
+    auto on the same collection) -- the wiring eval used before the API existed."""
+    import re
+
+    from trtkld.calibration.auto import AutoOptions, output_measured_auto
+    from trtkld.demo import preprocess_options
+    from trtkld.evaluate import trtkld_candidates
+    from trtkld.pipeline import bins_for_methods, calibrate, collect_histograms
+    from trtkld.qdq import DEFAULT_OP_TYPES, quantizable_activations
+
+    calib_dir, _ = small_folders
+    model = str(demo.demo_model_path())
+    calib = open_data(str(calib_dir), input_specs_from_onnx(model), batch_size=2,
+                      preprocess=preprocess_options(demo.DEMO_PREPROCESS))
+    include = [re.escape(n) for n in quantizable_activations(model, DEFAULT_OP_TYPES)]
+    methods = ["ppq", "nvidia", "percentile", "auto"]
+    options = {"percentile": {"percentile": 99.9}}
+    auto_options = AutoOptions(folds=2, heldout=3)
+
+    got = {c.name: c for c in trtkld_candidates(model, calib, methods, quiet=True,
+                                                method_options=options, auto=auto_options)}
+    assert list(got) == methods
+    measured = output_measured_auto(model, calib, options=auto_options, include=include,
+                                    method_options=options, quiet=True)
+    _, outcomes = calibrate(model, calib, methods[:-1], include=include, quiet=True,
+                            histograms=measured.histograms, method_options=options)
+    expected = {m: o.results for m, o in outcomes.items()} | {"auto": measured.results}
+    for method, results in expected.items():
+        assert {n: np.float32(r.scale).tobytes() for n, r in results.items()} == {
+            n: s.tobytes() for n, s in got[method].scales.items()}, method
+    assert got["auto"].auto.chosen == measured.chosen
+    assert got["auto"].description == f"trtkld auto, output-measured: {measured.chosen}"
+
+    # The histogram rule (auto=None): one collection at the finest bins the methods need.
+    got = {c.name: c for c in trtkld_candidates(model, calib, methods, quiet=True, auto=None)}
+    hists = collect_histograms(model, calib, num_bins=bins_for_methods(methods), include=include,
+                               quiet=True)
+    _, outcomes = calibrate(model, calib, methods, include=include, quiet=True, histograms=hists)
+    for method, outcome in outcomes.items():
+        assert {n: np.float32(r.scale).tobytes() for n, r in outcome.results.items()} == {
+            n: s.tobytes() for n, s in got[method].scales.items()}, method
+        assert got[method].auto is None and got[method].guard_notes is not None

@@ -162,6 +162,18 @@ def open_calibration_data(
                      preprocess=preprocess, last_batch=last_batch, max_samples=max_samples)
 
 
+def _merged_options(
+    routed: dict[str, dict[str, Any]],
+    per_method: Optional[Mapping[str, Mapping[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    """``routed`` with ``per_method``'s options added (they win on the same name)."""
+    merged = {m: dict(o) for m, o in routed.items()}
+    for method, options in (per_method or {}).items():
+        check_methods([method])
+        merged.setdefault(method, {}).update(options)
+    return merged
+
+
 def calibrate(
     model: Optional[PathLike],
     data: Any = None,
@@ -183,6 +195,9 @@ def calibrate(
     executor: str = "process",
     shards: Optional[int] = None,
     ray_address: Optional[str] = "local",
+    method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    op_types: Optional[Sequence[str]] = None,
+    per_channel: bool = True,
     **search_options: Any,
 ) -> Calibration:
     """Collect |x| histograms of ``model`` over ``data`` once and search them with ``methods``.
@@ -210,6 +225,12 @@ def calibrate(
             same histograms and caches, byte for byte. ``ray_address``: ``"local"`` starts a
             local cluster for the call; else a running cluster's address. Data and model must
             be files reachable by every worker at the same path (``pip install 'trtkld[ray]'``).
+        method_options: options already routed per method (``{"percentile": {"percentile":
+            99.9}}``, as :func:`trtkld.search.registry.options_for_methods` makes them); they
+            add to (and win over) ``search_options``.
+        op_types, per_channel: the Q/DQ placement the output-measured auto measures its
+            candidate models with (default: :data:`trtkld.qdq.DEFAULT_OP_TYPES`, per-channel
+            weights -- as :meth:`Calibration.to_qdq` writes them).
         search_options: method options from the registry, e.g. ``percentile=99.9``; each goes
             to every method that takes it.
     Raises:
@@ -221,7 +242,7 @@ def calibrate(
     methods = list(dict.fromkeys(check_methods(methods)))
     if not methods:
         raise SearchError("no method given; choose from trtkld.search.available_methods()")
-    method_options = options_for_methods(search_options)
+    method_options = _merged_options(options_for_methods(search_options), method_options)
     overrides = dict(tensor_methods or {})
     calib_data = None
     if histograms is None:
@@ -245,7 +266,8 @@ def calibrate(
                               "collection; drop tensor_methods / hist_max (or pass auto=None)")
         measured = output_measured_auto(
             model, calib_data, options=AutoOptions() if auto is AUTO_DEFAULT else auto,
-            include=include, exclude=exclude, method_options=method_options, quiet=quiet)
+            include=include, exclude=exclude, method_options=method_options, quiet=quiet,
+            per_channel=per_channel, **({"op_types": tuple(op_types)} if op_types else {}))
         histograms = measured.histograms    # exactly the histograms the pipeline collects
     histograms, outcomes = pipeline.calibrate(
         model, calib_data, methods,

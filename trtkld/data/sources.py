@@ -47,8 +47,12 @@ def kind_of(path: str) -> Optional[str]:
     return None
 
 
-def scan_folder(folder: str) -> tuple[str, list[str]]:
-    """(kind, sorted file paths) of the data files under ``folder`` (recursive)."""
+def scan_folder(folder: str, *, report_ignored: bool = True) -> tuple[str, list[str]]:
+    """(kind, sorted file paths) of the data files under ``folder`` (recursive).
+
+    ``report_ignored``: log the non-data files skipped; off for a scan that only checks output
+    paths, so a folder opened afterwards is reported once.
+    """
     found: dict[str, list[str]] = {}
     ignored: list[str] = []
     for root, dirs, files in os.walk(folder):
@@ -66,7 +70,7 @@ def scan_folder(folder: str) -> tuple[str, list[str]]:
                 if problem is not None:
                     raise DataError(f"data folder {folder!r}: data file {path!r} {problem}")
                 found.setdefault(kind, []).append(path)
-    if ignored:
+    if ignored and report_ignored:
         log.info("data folder %r: ignoring %d non-data file(s) such as %r", folder,
                  len(ignored), os.path.relpath(sorted(ignored)[0], folder))
     if not found:

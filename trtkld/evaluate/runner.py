@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from trtkld.calibration.api import AUTO_DEFAULT
 from trtkld.data import CalibrationData
 from trtkld.errors import ModelError
 from trtkld.evaluate.destructive import (
@@ -136,7 +137,6 @@ class _Feeds:
 
 
 REFINED_NAME = "auto+refine"
-AUTO_DEFAULT = object()  # marker: the output-measured auto with its default options
 
 
 def _guard_notes(hists, results: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -174,51 +174,43 @@ def trtkld_candidates(
     ``refine`` (a :class:`trtkld.calibration.refine.RefineOptions`) adds the ``auto+refine``
     candidate: auto refined on held-out calibration samples (never evaluation data).
     """
-    from trtkld.pipeline import bins_for_methods, calibrate, collect_histograms
+    from trtkld.calibration.api import calibrate
 
     if not methods and refine is None:
         return []
     include = [re.escape(n) for n in quantizable_activations(model, op_types)]
     if not include:
         raise ModelError(f"model {model}: no input of {', '.join(op_types)} to calibrate")
-    # The refinement needs auto's (ppq's) resolution; the others rebin it exactly.
-    needed = list(methods) + (["auto"] if refine is not None else [])
-    measured = None
-    if "auto" in methods and auto is not None:
-        from trtkld.calibration.auto import AutoOptions, output_measured_auto
-
-        measured = output_measured_auto(
-            model, calib_data, options=AutoOptions() if auto is AUTO_DEFAULT else auto,
-            op_types=op_types, per_channel=per_channel, include=include,
-            method_options=method_options, quiet=quiet)
-        hists = measured.histograms      # AUTO_BINS: the finest any method needs
-    else:
-        hists = collect_histograms(model, calib_data, num_bins=bins_for_methods(needed),
-                                   include=include, quiet=quiet)
-    outcomes = {}
-    if methods:
-        hists, outcomes = calibrate(
-            model, calib_data, list(methods), quiet=quiet,
-            method_options=method_options, include=include, histograms=hists,
-        )
+    # The refinement needs auto's (ppq's) resolution: a histogram-rule auto is calibrated beside
+    # the asked methods so that the one collection serves it (the others rebin it exactly).
+    wanted = list(methods)
+    extra = ["auto"] if refine is not None and "auto" not in wanted else []
+    cal = calibrate(
+        model, calib_data, wanted + extra, include=include, quiet=quiet,
+        method_options=method_options, op_types=op_types, per_channel=per_channel,
+        auto=auto if "auto" in wanted else None,
+    )
+    hists = cal.histograms
+    measured = cal.auto
     out = []
-    for method, outcome in outcomes.items():
+    for method in dict.fromkeys(wanted):
+        results = cal.results[method]
         if method == "auto" and measured is not None:
             out.append(Candidate(
                 name=method,
                 kind="trtkld",
-                scales={n: np.float32(r.scale) for n, r in measured.results.items()},
+                scales={n: np.float32(r.scale) for n, r in results.items()},
                 description=f"trtkld auto, output-measured: {measured.chosen}",
-                guard_notes=_guard_notes(hists, measured.results),
+                guard_notes=_guard_notes(hists, results),
                 auto=measured,
             ))
             continue
         out.append(Candidate(
             name=method,
             kind="trtkld",
-            scales={n: np.float32(r.scale) for n, r in outcome.results.items()},
+            scales={n: np.float32(r.scale) for n, r in results.items()},
             description=f"trtkld {method}",
-            guard_notes=_guard_notes(hists, outcome.results),
+            guard_notes=_guard_notes(hists, results),
         ))
     if refine is not None:
         from trtkld.calibration.refine import refine_auto
