@@ -46,6 +46,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -315,26 +316,45 @@ def collect_folded(model: PathLike, data: CalibrationData, *, folds: int, num_bi
     heldout: list[list[dict[str, np.ndarray]]] = [[] for _ in range(folds)]
     probes: list[dict[str, list[np.ndarray]]] = [{} for _ in range(folds)]
     probe_count = [0] * folds
-    for j, batch in enumerate(_bar(data, "auto pass 2/2 (histograms)", quiet)):
-        f = j % folds
-        acts = collector.run(batch)
-        hists[f].update_many({n: acts[n] for n in names})
-        for n in names:
-            signed[f][n].update(acts[n])
-        feeds, rows = real_rows(batch)
-        count = next(iter(feeds.values())).shape[0] if feeds else 0
-        for i in range(count):
-            if len(heldout[f]) < heldout_per_fold:
-                heldout[f].append({k: v[i:i + 1] for k, v in feeds.items()})
-        if probe_tensors and probe_count[f] < probe_per_fold and count:
-            keep = rows if rows is not None else np.arange(count)
-            take = keep[:probe_per_fold - probe_count[f]]
-            for t in probe_tensors:
-                x = acts.get(t)
-                if x is not None and x.ndim >= 1 and x.shape[0] == len(batch.sources):
-                    probes[f].setdefault(t, []).append(np.array(x[take]))
-            probe_count[f] += len(take)
+    from trtkld.search.batch import DEFAULT_WORKERS
+
+    # Signed histograms on threads, one tensor per task, while the |x| ones fill (the numba
+    # kernels release the GIL; each histogram is touched by its own task only: same counts).
+    pool = ThreadPoolExecutor(DEFAULT_WORKERS, thread_name_prefix="trtkld-signed")
+    try:
+        for j, batch in enumerate(_bar(data, "auto pass 2/2 (histograms)", quiet)):
+            f = j % folds
+            acts = collector.run(batch)
+            updates = [pool.submit(signed[f][n].update, acts[n]) for n in names]
+            hists[f].update_many({n: acts[n] for n in names})
+            for u in updates:
+                u.result()
+            _keep(batch, acts, f, heldout, heldout_per_fold, probes, probe_tensors,
+                  probe_per_fold, probe_count)
+    finally:
+        pool.shutdown()
     return FoldedHistograms(hists, signed, heldout, probes)
+
+
+def _keep(batch, acts: Mapping[str, np.ndarray], f: int,
+          heldout: list[list[dict[str, np.ndarray]]], heldout_per_fold: int,
+          probes: list[dict[str, list[np.ndarray]]], probe_tensors: Sequence[str],
+          probe_per_fold: int, probe_count: list[int]) -> None:
+    """Keep ``batch``'s real samples for fold ``f``'s held-out set and the probe activations
+    (the first ones of each fold, up to the caps)."""
+    feeds, rows = real_rows(batch)
+    count = next(iter(feeds.values())).shape[0] if feeds else 0
+    for i in range(count):
+        if len(heldout[f]) < heldout_per_fold:
+            heldout[f].append({k: v[i:i + 1] for k, v in feeds.items()})
+    if probe_tensors and probe_count[f] < probe_per_fold and count:
+        keep = rows if rows is not None else np.arange(count)
+        take = keep[:probe_per_fold - probe_count[f]]
+        for t in probe_tensors:
+            x = acts.get(t)
+            if x is not None and x.ndim >= 1 and x.shape[0] == len(batch.sources):
+                probes[f].setdefault(t, []).append(np.array(x[take]))
+        probe_count[f] += len(take)
 
 
 class _SingleSamples:
