@@ -128,15 +128,7 @@ def collect_histograms(
     preload_kernels()  # numba loads while ONNX Runtime builds and runs the model
     collector = collector or OnnxRuntimeCollector(model, include=include, exclude=exclude)
     if hist_max is not None:
-        missing = [n for n in collector.tensor_names if n not in hist_max]
-        if missing:
-            raise HistogramError(
-                f"the given ranges lack {len(missing)} tensor(s) of the model, e.g. "
-                f"{missing[:3]}; collect them from the same model and tensor selection"
-            )
-        hists = HistogramSet.from_absmax(
-            {n: float(hist_max[n]) for n in collector.tensor_names}, num_bins
-        )
+        hists = HistogramSet.from_given_ranges(collector.tensor_names, hist_max, num_bins)
         for _, activations in _progress(
             collector.runs(data, prefetch=prefetch), data=data, desc="histograms", quiet=quiet
         ):

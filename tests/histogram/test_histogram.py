@@ -559,3 +559,14 @@ def test_signed_zero_min_max_independent_of_merge_order():
         assert merged == whole
         assert np.signbit(merged.min) == np.signbit(whole.min) == True  # noqa: E712
         assert np.signbit(merged.max) == np.signbit(whole.max) == False  # noqa: E712
+
+
+def test_given_ranges_must_cover_every_tensor_and_keep_model_order():
+    from trtkld.errors import HistogramError
+    from trtkld.histogram import HistogramSet
+
+    hists = HistogramSet.from_given_ranges(["b", "a"], {"a": 2.0, "b": 4.0, "c": 1.0}, 8)
+    assert list(hists) == ["b", "a"]
+    assert [hists[n].hist_max for n in hists] == [4.0, 2.0]
+    with pytest.raises(HistogramError, match=r"lack 1 tensor\(s\).*\['b'\]"):
+        HistogramSet.from_given_ranges(["a", "b"], {"a": 2.0}, 8)

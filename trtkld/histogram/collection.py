@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 
 import numpy as np
@@ -36,6 +36,22 @@ class HistogramSet(Mapping[str, TensorHistogram]):
             r = getattr(value, "absmax", value)
             hists.append(TensorHistogram(name, num_bins, r))
         return cls(hists)
+
+    @classmethod
+    def from_given_ranges(cls, names: Sequence[str], hist_max: Mapping[str, float],
+                          num_bins: int) -> HistogramSet:
+        """Empty histograms of ``names`` (model order) on user-given ranges (``--ranges-from``).
+
+        Raises HistogramError naming the tensors ``hist_max`` lacks: ranges from another model
+        or tensor selection cannot be merged exactly.
+        """
+        missing = [n for n in names if n not in hist_max]
+        if missing:
+            raise HistogramError(
+                f"the given ranges lack {len(missing)} tensor(s) of the model, e.g. "
+                f"{missing[:3]}; collect them from the same model and tensor selection"
+            )
+        return cls.from_absmax({n: float(hist_max[n]) for n in names}, num_bins)
 
     # ---- Mapping
     def __getitem__(self, name: str) -> TensorHistogram:

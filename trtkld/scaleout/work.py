@@ -114,15 +114,7 @@ def shard_histograms(
     """
     collector = job.collector()
     if names is None:
-        missing = [n for n in collector.tensor_names if n not in hist_max]
-        if missing:
-            raise HistogramError(
-                f"the given ranges lack {len(missing)} tensor(s) of the model, e.g. "
-                f"{missing[:3]}; collect them from the same model and tensor selection"
-            )
-        hists = HistogramSet.from_absmax(
-            {n: float(hist_max[n]) for n in collector.tensor_names}, job.num_bins
-        )
+        hists = HistogramSet.from_given_ranges(collector.tensor_names, hist_max, job.num_bins)
         for batch in data:
             activations = collector.run(batch)
             hists.update_many(activations)
